@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 mod logging;
+mod report;
+mod stages;
 
 /// Zero-label intent classifiers: a teacher LLM writes and labels samples, a filter keeps the
 /// good ones, and a small encoder learns LoRA adapters from them.

@@ -25,4 +25,7 @@ pub use jsonl::{JsonlWriter, LineError, ReadReport};
 pub use models::{Classifier, Embedder, ModelError, ModelResult, Prediction};
 pub use sample::{Reject, Sample};
 pub use task::{Intent, Task, TaskError};
-pub use teacher::{ChatMessage, ChatRequest, ChatResponse, Teacher, TeacherError, Usage};
+pub use teacher::{
+    ChatMessage, ChatRequest, ChatResponse, ChatWithLogprobs, ChoiceScores, Teacher, TeacherError,
+    TokenLogprob, Usage,
+};

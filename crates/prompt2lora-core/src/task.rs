@@ -82,6 +82,15 @@ pub struct TeacherSettings {
     pub budget_usd: Option<f64>,
     /// CPU threads of the in-process teacher, 0 for all cores. Default 0.
     pub threads: usize,
+    /// How a message is labelled: `score` (the log-probability of each intent name, fast and
+    /// calibrated; needs a teacher that scores answers, like the in-process one), `json` (an
+    /// `{intent, confidence, reason}` answer, with the intent's token probability where the
+    /// endpoint reports log-probabilities), `both`, or `auto`: `score` where the teacher can,
+    /// otherwise `json`. Default `auto`.
+    pub label_method: String,
+    /// Few-shot examples shown in each generation request, picked for diversity from the seed
+    /// examples and the samples accepted so far. Default 4.
+    pub few_shot: usize,
 }
 
 impl Default for TeacherSettings {
@@ -104,6 +113,8 @@ impl Default for TeacherSettings {
             price_completion: None,
             budget_usd: None,
             threads: 0,
+            label_method: "auto".into(),
+            few_shot: 4,
         }
     }
 }
@@ -332,7 +343,7 @@ impl Task {
         if !matches!(rank, "auto" | "sweep") && rank.parse::<usize>().map_or(true, |r| r == 0) {
             return Err((None, format!("key `train.rank`: `{rank}` is not a positive number, `auto` or `sweep`")));
         }
-        for (to, from) in &self.eval.label_map {
+        for (from, to) in &self.eval.label_map {
             if !self.intents.iter().any(|i| i.name.get_ref() == to) {
                 return Err((None, format!("key `eval.label_map`: `{from}` maps to `{to}`, which is not an intent")));
             }

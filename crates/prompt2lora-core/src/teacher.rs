@@ -63,6 +63,24 @@ pub struct ChoiceScores {
     pub usage: Usage,
 }
 
+/// One generated token, its natural-log probability and the most likely tokens at its place
+/// (the token itself may be among them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's text as bytes: a token may end inside a multi-byte character.
+    pub bytes: Vec<u8>,
+    pub logprob: f64,
+    pub top: Vec<(Vec<u8>, f64)>,
+}
+
+/// A chat answer with the log-probabilities of its tokens, where the backend reports them.
+#[derive(Debug, Clone)]
+pub struct ChatWithLogprobs {
+    pub response: ChatResponse,
+    /// `None` where the backend does not report log-probabilities.
+    pub tokens: Option<Vec<TokenLogprob>>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TeacherError {
     /// Worth another try later: rate limits, server errors, timeouts, dropped connections.
@@ -88,6 +106,18 @@ pub trait Teacher: Send + Sync {
     }
 
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, TeacherError>;
+
+    /// Like [`Teacher::chat`], also asking for each answer token's log-probability and the
+    /// `top` most likely alternatives at its place. Backends that cannot report them answer
+    /// with `tokens: None` (the default).
+    async fn chat_with_logprobs(
+        &self,
+        request: &ChatRequest,
+        top: usize,
+    ) -> Result<ChatWithLogprobs, TeacherError> {
+        let _ = top;
+        Ok(ChatWithLogprobs { response: self.chat(request).await?, tokens: None })
+    }
 
     /// Scores each of `choices` as the assistant's answer to `messages`, i.e. the
     /// log-probability of the choice's tokens followed by the end of the turn. Returns

