@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 mod logging;
+mod pipeline_report;
 mod report;
 mod stages;
 

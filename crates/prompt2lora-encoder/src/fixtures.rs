@@ -127,7 +127,7 @@ fn write_tokenizer(path: &Path, vocab: &[String]) -> Result<()> {
         .build()
         .map_err(|e| Error::Model(e.to_string()))?;
     let mut tokenizer = Tokenizer::new(model);
-    tokenizer.with_normalizer(Some(Lowercase));
+    tokenizer.with_normalizer(Some(Lowercase)).map_err(|e| Error::Model(e.to_string()))?;
     tokenizer.with_pre_tokenizer(Some(Whitespace {}));
     let template = TemplateProcessing::builder()
         .try_single("[CLS] $A [SEP]")

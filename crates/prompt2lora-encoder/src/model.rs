@@ -11,7 +11,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::ops::{self, AddLayerNorm, Attention, Dense, Dropout, FrozenLinear, Gelu, LoraLinear};
+use crate::ops::{AddLayerNorm, Attention, Dense, Dropout, FrozenLinear, Gelu, LoraLinear};
 use crate::{Error, Result, kernels};
 
 /// The fields of a Hugging Face `config.json` that a BERT encoder needs.
@@ -279,7 +279,6 @@ impl Layer {
         let k = self.key.forward(xs, mode.lora_dropout, seed(1))?;
         let v = self.value.forward(xs, mode.lora_dropout, seed(2))?;
         let attention = Attention {
-            batch: batch.batch,
             seq: batch.seq,
             heads: mode.heads,
             mask: mask.clone(),
@@ -551,4 +550,3 @@ pub(crate) fn rows(tensor: &Tensor) -> Result<Vec<Vec<f32>>> {
     Ok(tensor.to_dtype(DType::F32)?.to_vec2()?)
 }
 
-pub(crate) use ops::with_f32;

@@ -178,7 +178,7 @@ impl CustomOp3 for LoraLinear {
                     with_f32(&g, |g| self.backward(x, a, b, g, rows, in_dim, rank, out_dim))
                 })
             })
-        })???;
+        })????;
         Ok((
             Some(tensor(dx, (rows, in_dim))?),
             Some(tensor(da, (rank, in_dim))?),
@@ -343,7 +343,6 @@ impl CustomOp1 for Dropout {
 /// (heads side by side in the hidden dimension), with an additive key mask and dropout on the
 /// attention probabilities. The output has the same layout, so no transposes are needed.
 pub(crate) struct Attention {
-    pub batch: usize,
     pub seq: usize,
     pub heads: usize,
     /// Additive mask per key, `[batch * seq]`: 0 for tokens, a large negative value for padding.
@@ -428,7 +427,7 @@ impl CustomOp3 for Attention {
             with_f32(k, |k| {
                 with_f32(v, |v| with_f32(grad, |g| self.backward(q, k, v, g, rows, hidden)))
             })
-        })???;
+        })????;
         Ok((
             Some(tensor(dq, (rows, hidden))?),
             Some(tensor(dk, (rows, hidden))?),

@@ -163,7 +163,7 @@ fn check_gradients(dropouts: Option<Dropouts>) {
         let largest = (0..flat.len()).max_by(|&a, &b| flat[a].abs().total_cmp(&flat[b].abs())).unwrap();
         for index in [largest, rand::Rng::random_range(&mut rng, 0..flat.len()), rand::Rng::random_range(&mut rng, 0..flat.len())] {
             let eps = 2e-3f32;
-            let mut shifted = |delta: f32| {
+            let shifted = |delta: f32| {
                 let mut v = values.clone();
                 v[index] += delta;
                 var.set(&Tensor::from_vec(v, original.dims(), &Device::Cpu).unwrap()).unwrap();

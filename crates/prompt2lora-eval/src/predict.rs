@@ -1,7 +1,7 @@
 //! The predict stage: classifies messages read from a file or stdin (plain lines or JSONL) and
 //! writes one JSONL record per message, in input order. A reader thread parses ahead while the
-//! classifier works; batches fill up to the batch size from what has arrived, so piped input
-//! streams out answer by answer and a large file runs in full batches.
+//! classifier works; each batch takes what has arrived, up to the batch size, so a large file
+//! runs in full batches and a message typed on a terminal is answered at once.
 
 use std::io::{BufRead, Write};
 use std::sync::mpsc;
@@ -29,7 +29,8 @@ pub struct PredictOptions {
     /// Intents reported per message: the best and `top_k - 1` alternatives. Default 3.
     pub top_k: usize,
     pub format: InputFormat,
-    /// How long a partly filled batch waits for more input before it runs. Default 5 ms.
+    /// How long a partly filled batch waits for more input before it runs. Default 0: a batch
+    /// takes what has arrived, which fills it from files and adds no latency on a terminal.
     pub max_wait: Duration,
 }
 
@@ -39,7 +40,7 @@ impl Default for PredictOptions {
             batch_size: 32,
             top_k: 3,
             format: InputFormat::Auto,
-            max_wait: Duration::from_millis(5),
+            max_wait: Duration::ZERO,
         }
     }
 }

@@ -116,7 +116,7 @@ pub fn confusion_table(metrics: &Metrics) -> String {
 
 fn new_table<T: Into<comfy_table::Cell>>(header: Vec<T>) -> Table {
     let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    table.load_style(UTF8_FULL_CONDENSED).set_header(header);
     table
 }
 

@@ -31,6 +31,9 @@ pub mod report;
 pub mod semantic;
 pub mod validity;
 
+#[cfg(test)]
+mod tests;
+
 use std::time::Instant;
 
 use prompt2lora_core::task::FilterSettings;
@@ -192,7 +195,7 @@ pub fn filter(
     report.record_stage("read", input_count, read_rejects.len(), &read_rejects, 0.0, vec![]);
     let mut rejects = read_rejects;
 
-    let mut candidates: Vec<Candidate> = samples
+    let candidates: Vec<Candidate> = samples
         .into_iter()
         .enumerate()
         .map(|(position, sample)| Candidate {

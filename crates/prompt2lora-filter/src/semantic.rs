@@ -18,12 +18,14 @@ use crate::{Candidate, FilterError, FilterOptions, StageOutput};
 /// Largest intent searched exhaustively; larger ones go through the HNSW index.
 pub const EXACT_SEARCH_MAX: usize = 20_000;
 /// Texts per call of the embedder.
-pub const EMBED_BATCH: usize = 64;
+pub const EMBED_BATCH: usize = 256;
 /// Rows of one block of the similarity matrix.
 const BLOCK_ROWS: usize = 512;
 /// Neighbours asked of the HNSW index per sample, and its search breadth.
 const ANN_NEIGHBOURS: usize = 32;
 const ANN_EF_SEARCH: usize = 128;
+/// Most neighbours looked at for one sample (a group of duplicates larger than this is split).
+const ANN_MAX_NEIGHBOURS: usize = 2048;
 const ANN_EF_CONSTRUCTION: usize = 200;
 const ANN_MAX_CONNECTIONS: usize = 24;
 
@@ -86,25 +88,30 @@ impl Embeddings {
     }
 }
 
-/// Embeds `texts` in batches, checks what comes back, and normalises every row to unit length
-/// (the embedder should already have; cosine similarity then is a dot product).
+/// Embeds `texts` in batches of similar length (less padding), checks what comes back, and
+/// normalises every row to unit length (the embedder should already have; cosine similarity
+/// then is a dot product). Rows come back in the order of `texts`.
 pub fn embed_all(
     embedder: &dyn Embedder,
     texts: &[&str],
     options: &FilterOptions,
 ) -> Result<Embeddings, FilterError> {
-    let mut values = Vec::new();
+    let mut order: Vec<usize> = (0..texts.len()).collect();
+    order.sort_by_key(|&i| texts[i].len());
     let mut dim = 0;
-    for (b, batch) in texts.chunks(EMBED_BATCH).enumerate() {
-        let rows = embedder.embed(batch).map_err(FilterError::Embed)?;
+    let mut values = Vec::new();
+    let mut done = 0;
+    for chunk in order.chunks(EMBED_BATCH) {
+        let batch: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
+        let rows = embedder.embed(&batch).map_err(FilterError::Embed)?;
         if rows.len() != batch.len() {
             let message = format!("{} vectors for {} texts", rows.len(), batch.len());
             return Err(FilterError::BadEmbedding(message));
         }
-        for (k, mut row) in rows.into_iter().enumerate() {
+        for (&i, mut row) in chunk.iter().zip(rows) {
             if dim == 0 {
                 dim = row.len();
-                values.reserve(dim * texts.len());
+                values = vec![0.0; dim * texts.len()];
             }
             if row.len() != dim || dim == 0 {
                 let message = format!("a vector of {} values where {dim} were expected", row.len());
@@ -112,13 +119,14 @@ pub fn embed_all(
             }
             let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
             if !norm.is_finite() || norm == 0.0 {
-                let text = batch[k];
-                return Err(FilterError::BadEmbedding(format!("a zero or non-finite vector for {text:?}")));
+                let message = format!("a zero or non-finite vector for {:?}", texts[i]);
+                return Err(FilterError::BadEmbedding(message));
             }
             row.iter_mut().for_each(|v| *v /= norm);
-            values.extend_from_slice(&row);
+            values[i * dim..(i + 1) * dim].copy_from_slice(&row);
         }
-        options.report_progress("embedding", (b * EMBED_BATCH + batch.len()).min(texts.len()), texts.len());
+        done += chunk.len();
+        options.report_progress("embedding", done, texts.len());
     }
     Ok(Embeddings { dim, values })
 }
@@ -204,8 +212,27 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// Pairs of positions in `rows` at or above `threshold` among each row's nearest neighbours in
-/// an HNSW index. A pair found from either side counts.
+/// The indexed points whose similarity to `vector` reaches `threshold`: the nearest
+/// [`ANN_NEIGHBOURS`], and more while the farthest of them still reaches it, so that a large
+/// group of duplicates is found whole (the greedy pass needs every kept neighbour).
+fn neighbours_within(index: &Hnsw<'_, f32, CosineDistance>, vector: &[f32], threshold: f32) -> Vec<(usize, f32)> {
+    let mut k = ANN_NEIGHBOURS;
+    loop {
+        let hits = index.search(vector, k, ANN_EF_SEARCH.max(k));
+        let all_close = hits.len() == k && hits.iter().all(|h| 1.0 - h.distance >= threshold);
+        if !all_close || k >= ANN_MAX_NEIGHBOURS {
+            return hits
+                .into_iter()
+                .map(|h| (h.d_id, 1.0 - h.distance))
+                .filter(|&(_, s)| s >= threshold)
+                .collect();
+        }
+        k *= 4;
+    }
+}
+
+/// Pairs of positions in `rows` at or above `threshold` among the neighbours of each row in an
+/// HNSW index. A pair found from either side counts.
 fn approximate_pairs(embeddings: &Embeddings, rows: &[u32], threshold: f32) -> Vec<(usize, usize, f32)> {
     let n = rows.len();
     let layers = 16.min((n as f64).ln().ceil() as usize).max(1);
@@ -222,13 +249,10 @@ fn approximate_pairs(embeddings: &Embeddings, rows: &[u32], threshold: f32) -> V
     let mut pairs: Vec<(usize, usize, f32)> = data
         .par_iter()
         .flat_map_iter(|&(vector, k)| {
-            index
-                .search(vector, ANN_NEIGHBOURS, ANN_EF_SEARCH)
+            neighbours_within(&index, vector, threshold)
                 .into_iter()
-                .filter(move |hit| hit.d_id != k)
-                .map(move |hit| (k.min(hit.d_id), k.max(hit.d_id), 1.0 - hit.distance))
-                .filter(|&(_, _, s)| s >= threshold)
-                .collect::<Vec<_>>()
+                .filter(move |&(j, _)| j != k)
+                .map(move |(j, s)| (k.min(j), k.max(j), s))
         })
         .collect();
     pairs.par_sort_unstable_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)));

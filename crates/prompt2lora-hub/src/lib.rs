@@ -52,7 +52,11 @@ pub enum HubError {
         "checksum mismatch for {what}: expected sha256 {expected}, got {actual}; the file was \
          removed, fetch again to download it anew"
     )]
-    Checksum { what: String, expected: String, actual: String },
+    Checksum {
+        what: String,
+        expected: String,
+        actual: String,
+    },
     #[error("cannot download {package}: {message}")]
     Download { package: String, message: String },
     #[error("{}: {message}", path.display())]
@@ -72,7 +76,12 @@ pub enum HubError {
 /// The cache folder: `PROMPT2LORA_HOME`, else `$XDG_CACHE_HOME/prompt2lora`, else
 /// `~/.cache/prompt2lora`. Empty variables count as unset.
 pub fn home() -> PathBuf {
-    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    home_from(|name| std::env::var_os(name))
+}
+
+/// [`home`] with the environment given as a function.
+fn home_from(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+    let var = |name: &str| env(name).filter(|v| !v.is_empty());
     if let Some(home) = var("PROMPT2LORA_HOME") {
         return PathBuf::from(home);
     }
@@ -132,14 +141,25 @@ fn local(path: &Path) -> Result<ModelFiles, HubError> {
         reason: reason.to_string(),
     };
     if path.is_file() {
-        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
-            return Ok(ModelFiles { id, dir: None, gguf: Some(absolute) });
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            return Ok(ModelFiles {
+                id,
+                dir: None,
+                gguf: Some(absolute),
+            });
         }
-        return Err(not_a_model("a model file must be a .gguf; for an encoder name its folder"));
+        return Err(not_a_model(
+            "a model file must be a .gguf; for an encoder name its folder",
+        ));
     }
     let has = |file: &str| path.join(file).is_file();
     if !has("config.json") {
-        return Err(not_a_model("no config.json (expected the Hugging Face layout)"));
+        return Err(not_a_model(
+            "no config.json (expected the Hugging Face layout)",
+        ));
     }
     if !has("tokenizer.json") {
         return Err(not_a_model("no tokenizer.json"));
@@ -147,5 +167,46 @@ fn local(path: &Path) -> Result<ModelFiles, HubError> {
     if !has("model.safetensors") && !has("pytorch_model.bin") {
         return Err(not_a_model("no model.safetensors or pytorch_model.bin"));
     }
-    Ok(ModelFiles { id, dir: Some(absolute), gguf: None })
+    Ok(ModelFiles {
+        id,
+        dir: Some(absolute),
+        gguf: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<std::ffi::OsString> + 'a {
+        move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.into())
+    }
+
+    #[test]
+    fn home_prefers_prompt2lora_home_then_xdg_then_home() {
+        let all = [
+            ("PROMPT2LORA_HOME", "/p2l"),
+            ("XDG_CACHE_HOME", "/xdg"),
+            ("HOME", "/u"),
+        ];
+        assert_eq!(home_from(env(&all)), PathBuf::from("/p2l"));
+        assert_eq!(home_from(env(&all[1..])), PathBuf::from("/xdg/prompt2lora"));
+        assert_eq!(
+            home_from(env(&all[2..])),
+            PathBuf::from("/u/.cache/prompt2lora")
+        );
+        let empty = [
+            ("PROMPT2LORA_HOME", ""),
+            ("XDG_CACHE_HOME", ""),
+            ("HOME", "/u"),
+        ];
+        assert_eq!(
+            home_from(env(&empty)),
+            PathBuf::from("/u/.cache/prompt2lora")
+        );
+        assert!(
+            home_from(env(&[])).is_absolute(),
+            "never relative to the working folder"
+        );
+    }
 }

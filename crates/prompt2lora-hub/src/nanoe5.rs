@@ -83,7 +83,10 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
-        let end = self.at.checked_add(n).filter(|&end| end <= self.bytes.len());
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&end| end <= self.bytes.len());
         let end = end.ok_or_else(|| bad(format!("truncated at byte {}", self.at)))?;
         let slice = &self.bytes[self.at..end];
         self.at = end;
@@ -136,7 +139,9 @@ impl<'a> File<'a> {
         let layer_norm_eps = cursor.f32()?;
         let block = cursor.size("block size")?;
         if block != BLOCK {
-            return Err(bad(format!("quantization block of {block} weights, expected {BLOCK}")));
+            return Err(bad(format!(
+                "quantization block of {block} weights, expected {BLOCK}"
+            )));
         }
 
         // The tokenizer section is skipped, but its special ids go into config.json.
@@ -163,7 +168,13 @@ impl<'a> File<'a> {
             let count = cursor.u32()? as usize;
             let offset = cursor.u64_size()?;
             let n_bytes = cursor.u64_size()?;
-            entries.push(Entry { name, dtype, count, offset, n_bytes });
+            entries.push(Entry {
+                name,
+                dtype,
+                count,
+                offset,
+                n_bytes,
+            });
         }
         let header = Header {
             hidden,
@@ -178,7 +189,11 @@ impl<'a> File<'a> {
             bos_token_id,
             eos_token_id,
         };
-        Ok(File { header, entries, bytes })
+        Ok(File {
+            header,
+            entries,
+            bytes,
+        })
     }
 
     /// The tensor's values as f32, dequantizing Q4_0.
@@ -214,7 +229,12 @@ impl<'a> File<'a> {
         }
         self.bytes
             .get(entry.offset..entry.offset.saturating_add(expected))
-            .ok_or_else(|| bad(format!("tensor {}: data lies past the end of the file", entry.name)))
+            .ok_or_else(|| {
+                bad(format!(
+                    "tensor {}: data lies past the end of the file",
+                    entry.name
+                ))
+            })
     }
 }
 
@@ -227,7 +247,10 @@ pub fn dequantize_q4_0(blocks: &[u8], count: usize) -> Result<Vec<f32>, FormatEr
         )));
     }
     let mut out = vec![0f32; count];
-    for (block, weights) in blocks.chunks_exact(BLOCK_BYTES).zip(out.chunks_exact_mut(BLOCK)) {
+    for (block, weights) in blocks
+        .chunks_exact(BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(BLOCK))
+    {
         let scale = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
         let (low, high) = weights.split_at_mut(BLOCK / 2);
         for ((&byte, lo), hi) in block[2..].iter().zip(low).zip(high) {
@@ -297,7 +320,11 @@ pub fn hf_tensors(file: &File<'_>) -> Result<Vec<(String, Vec<usize>, Vec<u8>)>,
                 entry.name, entry.count
             )));
         }
-        let bytes = file.values(entry)?.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes = file
+            .values(entry)?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         tensors.push((name, shape, bytes));
     }
     Ok(tensors)
@@ -340,8 +367,8 @@ pub fn convert(bytes: &[u8], safetensors_path: &Path) -> Result<String, ConvertE
         .collect::<Result<Vec<_>, _>>()?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize_to_file(views, Some(metadata), safetensors_path)?;
-    let config = serde_json::to_string_pretty(&config_json(&file.header))
-        .expect("a JSON value serializes");
+    let config =
+        serde_json::to_string_pretty(&config_json(&file.header)).expect("a JSON value serializes");
     Ok(config + "\n")
 }
 
@@ -367,7 +394,12 @@ pub(crate) mod tests {
         let values = dequantize_q4_0(&block, BLOCK).unwrap();
         for j in 0..16 {
             assert_eq!(values[j], (j as f32 - 8.0) * 0.5, "weight {j}");
-            assert_eq!(values[j + 16], ((15 - j) as f32 - 8.0) * 0.5, "weight {}", j + 16);
+            assert_eq!(
+                values[j + 16],
+                ((15 - j) as f32 - 8.0) * 0.5,
+                "weight {}",
+                j + 16
+            );
         }
     }
 
@@ -444,7 +476,10 @@ pub(crate) mod tests {
         out.extend([0x41, 0, 0, 0, 0]);
 
         // Directory, then data right after it.
-        let dir_len: usize = tensors.iter().map(|(n, _, _)| 2 + n.len() + 1 + 4 + 8 + 8).sum();
+        let dir_len: usize = tensors
+            .iter()
+            .map(|(n, _, _)| 2 + n.len() + 1 + 4 + 8 + 8)
+            .sum();
         out.extend((tensors.len() as i32).to_le_bytes());
         let mut offset = out.len() + dir_len;
         let mut data = Vec::new();
@@ -467,7 +502,9 @@ pub(crate) mod tests {
     /// nibbles counting up.
     fn tensor_bytes(i: usize, dtype: u8, count: usize) -> Vec<u8> {
         if dtype == DTYPE_F32 {
-            return (0..count).flat_map(|k| (i as f32 + k as f32 / 1000.0).to_le_bytes()).collect();
+            return (0..count)
+                .flat_map(|k| (i as f32 + k as f32 / 1000.0).to_le_bytes())
+                .collect();
         }
         let mut out = Vec::new();
         for _ in 0..count / BLOCK {
@@ -484,12 +521,20 @@ pub(crate) mod tests {
         assert_eq!(file.header.hidden, 32);
         assert_eq!(file.header.pad_token_id, 1);
         let tensors = hf_tensors(&file).unwrap();
-        let by_name: HashMap<_, _> =
-            tensors.iter().map(|(n, s, d)| (n.as_str(), (s.clone(), d))).collect();
+        let by_name: HashMap<_, _> = tensors
+            .iter()
+            .map(|(n, s, d)| (n.as_str(), (s.clone(), d)))
+            .collect();
         assert_eq!(by_name.len(), 21);
         assert_eq!(by_name["embeddings.word_embeddings.weight"].0, vec![4, 32]);
-        assert_eq!(by_name["encoder.layer.0.intermediate.dense.weight"].0, vec![64, 32]);
-        assert_eq!(by_name["encoder.layer.0.output.dense.weight"].0, vec![32, 64]);
+        assert_eq!(
+            by_name["encoder.layer.0.intermediate.dense.weight"].0,
+            vec![64, 32]
+        );
+        assert_eq!(
+            by_name["encoder.layer.0.output.dense.weight"].0,
+            vec![32, 64]
+        );
         assert_eq!(by_name["encoder.layer.0.output.LayerNorm.bias"].0, vec![32]);
 
         // emb.word is tensor 0: scale 1, nibble j -> weight j and j + 16 both (j - 8).
@@ -506,13 +551,18 @@ pub(crate) mod tests {
     fn conversion_is_deterministic_and_loadable() {
         let bytes = tiny_file();
         let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (dir.path().join("a.safetensors"), dir.path().join("b.safetensors"));
+        let (a, b) = (
+            dir.path().join("a.safetensors"),
+            dir.path().join("b.safetensors"),
+        );
         let config = convert(&bytes, &a).unwrap();
         convert(&bytes, &b).unwrap();
         let (a, b) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
         assert_eq!(a, b);
         let loaded = safetensors::SafeTensors::deserialize(&a).unwrap();
-        let q = loaded.tensor("encoder.layer.0.attention.self.query.weight").unwrap();
+        let q = loaded
+            .tensor("encoder.layer.0.attention.self.query.weight")
+            .unwrap();
         assert_eq!(q.shape(), &[32, 32]);
         let config: serde_json::Value = serde_json::from_str(&config).unwrap();
         assert_eq!(config["num_hidden_layers"], 1);
@@ -526,6 +576,9 @@ pub(crate) mod tests {
         assert!(File::parse(b"GGUF and more bytes here").is_err());
         let cut = &bytes[..bytes.len() - 10];
         let file = File::parse(cut).unwrap();
-        assert!(hf_tensors(&file).is_err(), "data past the end must be an error");
+        assert!(
+            hf_tensors(&file).is_err(),
+            "data past the end must be an error"
+        );
     }
 }

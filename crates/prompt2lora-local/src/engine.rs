@@ -426,7 +426,7 @@ mod tests {
         let (_dir, mut engine) = engine("llama");
         let schema = serde_json::json!({
             "type": "object",
-            "properties": {"intent": {"enum": ["refund", "greeting"]}, "n": {"type": "integer"}},
+            "properties": {"intent": {"enum": ["refund", "greeting"]}, "n": {"type": "integer", "minimum": 0, "maximum": 99}},
             "required": ["intent", "n"],
             "additionalProperties": false
         });
@@ -438,7 +438,8 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}: {:?}", answer.text));
             let intent = value["intent"].as_str().unwrap();
             assert!(["refund", "greeting"].contains(&intent), "{value}");
-            assert!(value["n"].is_i64(), "{value}");
+            assert!(value["n"].as_u64().is_some_and(|n| n <= 99), "{value}");
+            assert!(answer.text.starts_with("{\"intent\": \""), "{:?}", answer.text);
         }
         let mut bad = request(10, 0.0, None);
         bad.json_schema = Some(serde_json::json!("not a schema"));

@@ -137,7 +137,9 @@ pub fn tokenizer_from_gguf(gguf: &GgufFile) -> Result<Tokenizer, LocalError> {
     let (pre_tokenizer, nfc) = pre_tokenizer(&pre).map_err(|message| gguf.error(message))?;
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
     if nfc {
-        tokenizer.with_normalizer(Some(NFC));
+        tokenizer
+            .with_normalizer(Some(NFC))
+            .map_err(|e| gguf.error(format!("cannot set the normalizer: {e}")))?;
     }
     tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
 
@@ -151,8 +153,9 @@ pub fn tokenizer_from_gguf(gguf: &GgufFile) -> Result<Tokenizer, LocalError> {
             .map(|(token, _)| AddedToken::from(token.to_string(), wanted == TOKEN_TYPE_CONTROL))
             .collect()
     };
-    tokenizer.add_special_tokens(&added(TOKEN_TYPE_CONTROL));
-    tokenizer.add_tokens(&added(TOKEN_TYPE_USER_DEFINED));
+    let add_error = |e: tokenizers::Error| gguf.error(format!("cannot add special tokens: {e}"));
+    tokenizer.add_special_tokens(added(TOKEN_TYPE_CONTROL)).map_err(add_error)?;
+    tokenizer.add_tokens(added(TOKEN_TYPE_USER_DEFINED)).map_err(add_error)?;
     Ok(tokenizer)
 }
 

@@ -193,10 +193,10 @@ pub async fn generate(
 
     // Wrap up: flush the ledger, then report or fail.
     let state = Arc::try_unwrap(run.state).ok().expect("workers are done").into_inner().expect("no panic");
-    state.writer.finish()?;
     if let Some(path) = &options.ledger_path {
         state.total_ledger().save(path)?;
     }
+    state.writer.finish()?;
     let stop = match state.stop {
         Some(Err(error)) => return Err(error),
         Some(Ok(stop)) => stop,

@@ -32,7 +32,7 @@ use log::{EpochRecord, History, StepRecord};
 use rank::{RankChoice, RankDecision, SweepResult};
 
 /// Receives progress while training runs (a progress bar, a test).
-pub trait Observer {
+pub trait Observer: Send {
     /// Training of `total_steps` updates starts (at `first_step` when resumed).
     fn start(&mut self, _total_steps: usize, _first_step: usize) {}
     fn step(&mut self, _record: &StepRecord) {}

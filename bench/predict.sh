@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Predict speed of prompt2lora against PyTorch + transformers running the same adapter merged
+# into its base weights, side by side in one run, on the SNIPS test messages:
+# - throughput: messages/s at batch 32 over the whole message file (model load excluded);
+# - single-message latency p50/p99: one message at a time (prompt2lora through its stdin/stdout
+#   pipe, PyTorch in process).
+# Trains the adapter first (minilm-l6, a stratified subset of SNIPS train) unless it exists,
+# and scores it on the SNIPS test set with `prompt2lora eval`.
+# Writes bench/results/eval-serve.md (the predict part) and raw JSON under bench/out/.
+#
+# usage: bench/predict.sh [--setup-only]
+# env:   SNIPS (folder with train.jsonl and test.jsonl), PER_INTENT (150), EPOCHS (3),
+#        THREADS ("1 2"), REPEAT (3: copies of the 700 test messages for throughput),
+#        PYTHON (an interpreter with torch, transformers, safetensors; default bench/.venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SNIPS=${SNIPS:-../shared/data/snips}
+PER_INTENT=${PER_INTENT:-150}
+EPOCHS=${EPOCHS:-3}
+THREADS=${THREADS:-"1 2"}
+REPEAT=${REPEAT:-3}
+OUT=bench/out/predict
+ADAPTER=$OUT/run/adapter
+BIN=target/release/prompt2lora
+mkdir -p "$OUT" bench/results
+
+cargo build --release -p prompt2lora-cli
+[ -x "$BIN" ] || { echo "no $BIN" >&2; exit 2; }
+
+# 1. The adapter: a task file for SNIPS' seven intents and a stratified training subset.
+if [ ! -f "$ADAPTER/labels.json" ]; then
+  cat > "$OUT/task.toml" <<'TOML'
+name = "snips"
+language = "en"
+
+[[intents]]
+name = "AddToPlaylist"
+description = "Add a song, artist or album to a playlist."
+[[intents]]
+name = "BookRestaurant"
+description = "Reserve a table at a restaurant."
+[[intents]]
+name = "GetWeather"
+description = "Ask about the weather or the forecast."
+[[intents]]
+name = "PlayMusic"
+description = "Play a song, artist, album or genre."
+[[intents]]
+name = "RateBook"
+description = "Give a rating to a book."
+[[intents]]
+name = "SearchCreativeWork"
+description = "Find a film, show, song, book or game by name."
+[[intents]]
+name = "SearchScreeningEvent"
+description = "Find film showtimes or cinemas."
+
+[train]
+student = "minilm-l6"
+max_length = 64
+TOML
+  python3 - "$SNIPS/train.jsonl" "$OUT/train.jsonl" "$PER_INTENT" <<'PY'
+import json, random, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+random.Random(0).shuffle(rows)
+seen, out = {}, open(sys.argv[2], "w")
+for r in rows:
+    if seen.get(r["label"], 0) < int(sys.argv[3]):
+        seen[r["label"]] = seen.get(r["label"], 0) + 1
+        out.write(json.dumps({"text": r["text"], "intent": r["label"]}) + "\n")
+PY
+  "$BIN" train "$OUT/train.jsonl" --task "$OUT/task.toml" --out "$ADAPTER" --epochs "$EPOCHS" --merge
+fi
+MERGED=$ADAPTER/merged
+[ -f "$MERGED/model.safetensors" ] || { echo "no merged weights in $MERGED (train --merge)" >&2; exit 2; }
+[ "${1:-}" = "--setup-only" ] && exit 0
+
+# 2. Accuracy on the SNIPS test set, for the record.
+"$BIN" -q eval "$ADAPTER" --data "$SNIPS/test.jsonl" --out "$OUT/eval" > "$OUT/eval.txt"
+
+# 3. Messages: the test texts, repeated.
+python3 - "$SNIPS/test.jsonl" "$OUT/messages.txt" "$REPEAT" <<'PY'
+import json, sys
+texts = [json.loads(l)["text"].replace("\n", " ") for l in open(sys.argv[1])]
+open(sys.argv[2], "w").write("".join(t + "\n" for t in texts * int(sys.argv[3])))
+PY
+MESSAGES=$(wc -l < "$OUT/messages.txt")
+
+PYTHON=${PYTHON:-}
+if [ -z "$PYTHON" ]; then
+  if [ ! -x bench/.venv/bin/python ]; then
+    python3 -m venv bench/.venv
+    bench/.venv/bin/pip install -q torch transformers safetensors
+  fi
+  PYTHON=bench/.venv/bin/python
+fi
+
+# 4. Both engines at each thread count, interleaved so that machine load hits both alike.
+RAW=$OUT/raw.jsonl
+: > "$RAW"
+for t in $THREADS; do
+  # candle's CPU kernels run on rayon's pool; RAYON_NUM_THREADS sets its size.
+  log=$(RAYON_NUM_THREADS=$t "$BIN" predict "$ADAPTER" "$OUT/messages.txt" --format lines --batch-size 32 \
+        -o "$OUT/predictions.jsonl" 2>&1 >/dev/null | grep "messages in")
+  rate=$(echo "$log" | sed -E 's/.*\(([0-9]+)\/s;.*/\1/')
+  latency=$(RAYON_NUM_THREADS=$t python3 bench/predict_latency.py "$BIN" "$ADAPTER" "$OUT/messages.txt")
+  echo "{\"engine\": \"prompt2lora\", \"threads\": $t, \"messages\": $MESSAGES, \"messages_per_second\": $rate, \"latency\": $latency}" >> "$RAW"
+  OMP_WAIT_POLICY=PASSIVE "$PYTHON" bench/predict_torch.py "$MERGED" "$OUT/messages.txt" --threads "$t" \
+    --compare "$OUT/predictions.jsonl" >> "$RAW"
+done
+
+# 5. The table.
+python3 - "$RAW" "$OUT/eval/metrics.json" <<'PY' > bench/results/eval-serve.md.predict
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+m = json.load(open(sys.argv[2]))["student"]
+print("### predict: prompt2lora vs PyTorch + transformers (same adapter, merged)\n")
+print(f"minilm-l6 adapter on the SNIPS test set: accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} ({m['support']} messages).\n")
+print("| engine | threads | messages/s (batch 32) | p50 ms (1 message) | p99 ms (1 message) | same intent as prompt2lora |")
+print("|---|---|---|---|---|---|")
+for r in rows:
+    lat = r.get("latency", r)
+    agree = r.get("agreement_with_prompt2lora")
+    agree = f"{agree:.4f}" if agree is not None else "-"
+    print(f"| {r['engine']} | {r['threads']} | {r['messages_per_second']:.0f} | {lat['latency_ms_p50']:.2f} | {lat['latency_ms_p99']:.2f} | {agree} |")
+PY
+cat bench/results/eval-serve.md.predict

@@ -1,0 +1,104 @@
+"""Reference side of the predict benchmark: the same trained adapter, merged into the base
+weights (the `merged/` folder that `prompt2lora train --merge` writes), run with PyTorch and
+Hugging Face transformers.
+
+Measures, like bench/predict.sh does for prompt2lora:
+- throughput: messages/s over all messages in batches of --batch-size (tokenise, forward,
+  softmax), after a warm-up batch;
+- single-message latency: p50/p99 over --latency-messages messages sent one at a time.
+
+Prints one JSON object. Also checks that the predictions agree with prompt2lora's
+(--compare FILE, the JSONL that `prompt2lora predict` wrote for the same messages).
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+from transformers import BertModel
+
+
+def load(merged: Path):
+    meta = json.loads((merged / "labels.json").read_text())
+    model = BertModel.from_pretrained(merged, add_pooling_layer=False).eval()
+    tensors = load_file(merged / "model.safetensors")
+    head = torch.nn.Linear(tensors["classifier.weight"].shape[1], tensors["classifier.weight"].shape[0])
+    head.weight.data = tensors["classifier.weight"].float()
+    head.bias.data = tensors["classifier.bias"].float()
+    tokenizer = Tokenizer.from_file(str(merged / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(meta.get("max_length", 64))
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    return meta, model, head.eval(), tokenizer
+
+
+@torch.inference_mode()
+def classify(model, head, tokenizer, texts, pooling):
+    encodings = tokenizer.encode_batch(texts)
+    ids = torch.tensor([e.ids for e in encodings])
+    mask = torch.tensor([e.attention_mask for e in encodings])
+    hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    if pooling == "cls":
+        pooled = hidden[:, 0]
+    else:
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+    return torch.softmax(head(pooled), dim=-1)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("merged", type=Path)
+    parser.add_argument("messages", type=Path, help="one message per line")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--latency-messages", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--compare", type=Path, help="prompt2lora predict output for the same messages")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    meta, model, head, tokenizer = load(args.merged)
+    pooling = str(meta.get("pooling", "mean")).lower()
+    texts = [line.rstrip("\n") for line in args.messages.open() if line.strip()]
+
+    # Throughput, after one warm-up batch.
+    classify(model, head, tokenizer, texts[: args.batch_size], pooling)
+    predicted = []
+    started = time.perf_counter()
+    for i in range(0, len(texts), args.batch_size):
+        probs = classify(model, head, tokenizer, texts[i : i + args.batch_size], pooling)
+        predicted.extend(probs.argmax(-1).tolist())
+    seconds = time.perf_counter() - started
+
+    # Single-message latency.
+    latencies = []
+    for text in texts[: args.latency_messages]:
+        t = time.perf_counter()
+        classify(model, head, tokenizer, [text], pooling)
+        latencies.append((time.perf_counter() - t) * 1000)
+    latencies.sort()
+
+    result = {
+        "engine": f"pytorch {torch.__version__}",
+        "threads": args.threads,
+        "messages": len(texts),
+        "batch_size": args.batch_size,
+        "messages_per_second": len(texts) / seconds,
+        "latency_ms_p50": statistics.median(latencies),
+        "latency_ms_p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+    }
+    if args.compare:
+        labels = meta["labels"]
+        theirs = [json.loads(line)["intent"] for line in args.compare.open() if line.strip()]
+        same = sum(labels[p] == t for p, t in zip(predicted, theirs))
+        result["agreement_with_prompt2lora"] = same / max(1, len(theirs))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
