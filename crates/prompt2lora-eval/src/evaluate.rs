@@ -22,9 +22,15 @@ const LISTED: usize = 10;
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     #[error("cannot read {}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write {}", path.display())]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{} bad line{} in the test set:\n{}", errors.len(), plural(errors.len()), list_lines(errors))]
     BadLines { errors: Vec<LineError> },
     #[error("{} has no messages", path.display())]
@@ -35,7 +41,11 @@ pub enum EvalError {
         if unknown.len() == 1 { "is" } else { "are" },
         list_unknown(unknown), known.join(", ")
     )]
-    UnknownLabels { path: PathBuf, unknown: BTreeMap<String, usize>, known: Vec<String> },
+    UnknownLabels {
+        path: PathBuf,
+        unknown: BTreeMap<String, usize>,
+        known: Vec<String>,
+    },
     #[error("the teacher labelled a message `{intent}`, which is not an intent of the adapter")]
     TeacherIntent { intent: String },
     #[error("the classifier failed")]
@@ -49,7 +59,11 @@ fn plural(n: usize) -> &'static str {
 }
 
 fn list_lines(errors: &[LineError]) -> String {
-    let mut lines: Vec<String> = errors.iter().take(LISTED).map(|e| format!("  {e}")).collect();
+    let mut lines: Vec<String> = errors
+        .iter()
+        .take(LISTED)
+        .map(|e| format!("  {e}"))
+        .collect();
     if errors.len() > LISTED {
         lines.push(format!("  ... and {} more", errors.len() - LISTED));
     }
@@ -79,17 +93,29 @@ impl TestSet {
     /// task's `[eval] label_map` and must then be among `labels`; every unknown label is named
     /// in the error. Any bad line is an error: a test set with holes gives wrong numbers.
     pub fn load(path: &Path, task: Option<&Task>, labels: &[String]) -> Result<TestSet, EvalError> {
-        let rules = SampleRules { intents: None, max_chars: MAX_TEST_CHARS };
-        let report = read_samples(path, &rules)
-            .map_err(|source| EvalError::Read { path: path.to_path_buf(), source })?;
+        let rules = SampleRules {
+            intents: None,
+            max_chars: MAX_TEST_CHARS,
+        };
+        let report = read_samples(path, &rules).map_err(|source| EvalError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         if !report.errors.is_empty() {
-            return Err(EvalError::BadLines { errors: report.errors });
+            return Err(EvalError::BadLines {
+                errors: report.errors,
+            });
         }
         if report.records.is_empty() {
-            return Err(EvalError::EmptyTestSet { path: path.to_path_buf() });
+            return Err(EvalError::EmptyTestSet {
+                path: path.to_path_buf(),
+            });
         }
-        let index: HashMap<&str, usize> =
-            labels.iter().enumerate().map(|(i, l)| (l.as_str(), i)).collect();
+        let index: HashMap<&str, usize> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.as_str(), i))
+            .collect();
         let mut unknown = BTreeMap::new();
         let mut test = TestSet {
             path: path.to_path_buf(),
@@ -108,7 +134,11 @@ impl TestSet {
         }
         if !unknown.is_empty() {
             let known = labels.to_vec();
-            return Err(EvalError::UnknownLabels { path: path.to_path_buf(), unknown, known });
+            return Err(EvalError::UnknownLabels {
+                path: path.to_path_buf(),
+                unknown,
+                known,
+            });
         }
         Ok(test)
     }
@@ -138,11 +168,16 @@ pub fn classify_all(
     batch_size: usize,
     mut progress: impl FnMut(usize),
 ) -> Result<Answers, EvalError> {
-    let mut answers = Answers { predicted: Vec::with_capacity(texts.len()), probs: Some(Vec::new()) };
+    let mut answers = Answers {
+        predicted: Vec::with_capacity(texts.len()),
+        probs: Some(Vec::new()),
+    };
     let probs = answers.probs.as_mut().expect("just set");
     for chunk in texts.chunks(batch_size.max(1)) {
         let batch: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        let rows = classifier.probabilities(&batch).map_err(EvalError::Classifier)?;
+        let rows = classifier
+            .probabilities(&batch)
+            .map_err(EvalError::Classifier)?;
         for row in rows {
             let (best, p) = row
                 .iter()
@@ -219,7 +254,10 @@ impl Comparison {
         let student_metrics = score(student)?;
         let teacher_metrics = teacher
             .map(|(model, answers)| {
-                score(answers).map(|metrics| TeacherMetrics { model: model.to_string(), metrics })
+                score(answers).map(|metrics| TeacherMetrics {
+                    model: model.to_string(),
+                    metrics,
+                })
             })
             .transpose()?;
         let student_minus_teacher = teacher_metrics.as_ref().map(|t| Delta {
@@ -227,12 +265,19 @@ impl Comparison {
             macro_f1: student_metrics.macro_f1 - t.metrics.macro_f1,
         });
         let agreement = teacher.map(|(_, answers)| {
-            let same =
-                student.predicted.iter().zip(&answers.predicted).filter(|(a, b)| a == b).count();
+            let same = student
+                .predicted
+                .iter()
+                .zip(&answers.predicted)
+                .filter(|(a, b)| a == b)
+                .count();
             same as f64 / test.len() as f64
         });
         Ok(Comparison {
-            test_set: TestSetInfo { path: test.path.display().to_string(), messages: test.len() },
+            test_set: TestSetInfo {
+                path: test.path.display().to_string(),
+                messages: test.len(),
+            },
             student: student_metrics,
             teacher: teacher_metrics,
             student_minus_teacher,
@@ -302,7 +347,10 @@ pub fn write_outputs(
     let mut json = serde_json::to_vec_pretty(comparison).expect("metrics serialise");
     json.push(b'\n');
     let mut written = vec![write(files::METRICS, &json)?];
-    written.push(write(files::CONFUSION, plot::confusion_svg(&comparison.student).as_bytes())?);
+    written.push(write(
+        files::CONFUSION,
+        plot::confusion_svg(&comparison.student).as_bytes(),
+    )?);
     if let Some(teacher) = &comparison.teacher {
         let svg = plot::confusion_svg(&teacher.metrics);
         written.push(write(files::TEACHER_CONFUSION, svg.as_bytes())?);
@@ -311,8 +359,12 @@ pub fn write_outputs(
         written.push(write(files::RELIABILITY, svg.as_bytes())?);
     }
     let path = dir.join(files::PREDICTIONS);
-    prompt2lora_core::jsonl::write_jsonl_atomic(&path, messages)
-        .map_err(|source| EvalError::Write { path: path.clone(), source })?;
+    prompt2lora_core::jsonl::write_jsonl_atomic(&path, messages).map_err(|source| {
+        EvalError::Write {
+            path: path.clone(),
+            source,
+        }
+    })?;
     written.push(path);
     Ok(written)
 }
@@ -331,7 +383,10 @@ impl TeacherCache {
     /// Reads what `path` already holds for `model`. A torn last line (a killed run) is
     /// skipped with a warning and relabelled.
     pub fn open(path: &Path, model: &str) -> Result<TeacherCache, EvalError> {
-        let read = |source| EvalError::Read { path: path.to_path_buf(), source };
+        let read = |source| EvalError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
         let mut labels = HashMap::new();
         let mut other_models = 0;
         match read_jsonl::<Sample>(path) {
@@ -356,7 +411,12 @@ impl TeacherCache {
                 path.display()
             );
         }
-        Ok(TeacherCache { path: path.to_path_buf(), model: model.to_string(), labels, writer: None })
+        Ok(TeacherCache {
+            path: path.to_path_buf(),
+            model: model.to_string(),
+            labels,
+            writer: None,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -388,11 +448,18 @@ impl TeacherCache {
     /// Records a label, appending it to the file at once.
     pub fn insert(&mut self, mut sample: Sample) -> Result<(), EvalError> {
         sample.provenance.teacher = Some(self.model.clone());
-        let write = |source| EvalError::Write { path: self.path.clone(), source };
+        let write = |source| EvalError::Write {
+            path: self.path.clone(),
+            source,
+        };
         if self.writer.is_none() {
             self.writer = Some(JsonlWriter::append(&self.path).map_err(write)?);
         }
-        self.writer.as_mut().expect("just opened").write(&sample).map_err(write)?;
+        self.writer
+            .as_mut()
+            .expect("just opened")
+            .write(&sample)
+            .map_err(write)?;
         self.labels.insert(sample.id.clone(), sample);
         Ok(())
     }
@@ -401,17 +468,30 @@ impl TeacherCache {
     /// the label's log-probability-based score where the teacher gave one, else its stated
     /// confidence, else none (then the teacher has no calibration in the report).
     pub fn answers(&self, test: &TestSet, labels: &[String]) -> Result<Answers, EvalError> {
-        let index: HashMap<&str, usize> =
-            labels.iter().enumerate().map(|(i, l)| (l.as_str(), i)).collect();
+        let index: HashMap<&str, usize> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.as_str(), i))
+            .collect();
         let mut predicted = Vec::with_capacity(test.len());
         let mut probs = Vec::with_capacity(test.len());
         for text in &test.texts {
-            let sample = self.get(text).expect("every message labelled before scoring");
-            let intent = index
-                .get(sample.intent.as_str())
-                .ok_or_else(|| EvalError::TeacherIntent { intent: sample.intent.clone() })?;
+            let sample = self
+                .get(text)
+                .expect("every message labelled before scoring");
+            let intent =
+                index
+                    .get(sample.intent.as_str())
+                    .ok_or_else(|| EvalError::TeacherIntent {
+                        intent: sample.intent.clone(),
+                    })?;
             predicted.push(*intent);
-            probs.push(sample.label_logprob.or(sample.confidence).map(|p| p.clamp(0.0, 1.0) as f32));
+            probs.push(
+                sample
+                    .label_logprob
+                    .or(sample.confidence)
+                    .map(|p| p.clamp(0.0, 1.0) as f32),
+            );
         }
         let probs = probs.into_iter().collect::<Option<Vec<f32>>>();
         Ok(Answers { predicted, probs })
@@ -457,20 +537,38 @@ label_map = { refund_request = "refund" }
     #[test]
     fn unknown_labels_are_named_with_counts() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write(dir.path(), &[
-            r#"{"text": "where is it", "label": "shipping"}"#,
-            r#"{"text": "money back", "label": "refund_request"}"#,
-            r#"{"text": "hello", "label": "chitchat"}"#,
-            r#"{"text": "hi there", "label": "chitchat"}"#,
-            r#"{"text": "cancel it", "intent": "cancel"}"#,
-        ]);
+        let path = write(
+            dir.path(),
+            &[
+                r#"{"text": "where is it", "label": "shipping"}"#,
+                r#"{"text": "money back", "label": "refund_request"}"#,
+                r#"{"text": "hello", "label": "chitchat"}"#,
+                r#"{"text": "hi there", "label": "chitchat"}"#,
+                r#"{"text": "cancel it", "intent": "cancel"}"#,
+            ],
+        );
         // Without the task, `refund_request` is unknown too.
-        let e = TestSet::load(&path, None, &labels()).unwrap_err().to_string();
-        assert!(e.contains("3 labels of the test set are not intents of the adapter"), "{e}");
-        assert!(e.contains("`cancel` (1 message), `chitchat` (2 messages), `refund_request` (1 message)"), "{e}");
-        assert!(e.ends_with("the adapter's intents are refund, shipping, other"), "{e}");
+        let e = TestSet::load(&path, None, &labels())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("3 labels of the test set are not intents of the adapter"),
+            "{e}"
+        );
+        assert!(
+            e.contains(
+                "`cancel` (1 message), `chitchat` (2 messages), `refund_request` (1 message)"
+            ),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("the adapter's intents are refund, shipping, other"),
+            "{e}"
+        );
 
-        let e = TestSet::load(&path, Some(&task()), &labels()).unwrap_err().to_string();
+        let e = TestSet::load(&path, Some(&task()), &labels())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("2 labels"), "{e}");
         assert!(!e.contains("refund_request"), "{e}");
     }
@@ -478,10 +576,13 @@ label_map = { refund_request = "refund" }
     #[test]
     fn label_map_applies_and_raw_labels_are_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write(dir.path(), &[
-            r#"{"text": "money back", "label": "refund_request"}"#,
-            r#"{"text": "parcel?", "intent": "shipping"}"#,
-        ]);
+        let path = write(
+            dir.path(),
+            &[
+                r#"{"text": "money back", "label": "refund_request"}"#,
+                r#"{"text": "parcel?", "intent": "shipping"}"#,
+            ],
+        );
         let test = TestSet::load(&path, Some(&task()), &labels()).unwrap();
         assert_eq!(test.gold, vec![0, 1]);
         assert_eq!(test.raw_labels, vec!["refund_request", "shipping"]);
@@ -490,12 +591,20 @@ label_map = { refund_request = "refund" }
     #[test]
     fn bad_lines_are_an_error_naming_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write(dir.path(), &[r#"{"text": "ok", "label": "refund"}"#, "{oops"]);
-        let e = TestSet::load(&path, None, &labels()).unwrap_err().to_string();
+        let path = write(
+            dir.path(),
+            &[r#"{"text": "ok", "label": "refund"}"#, "{oops"],
+        );
+        let e = TestSet::load(&path, None, &labels())
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("1 bad line in the test set:"), "{e}");
         assert!(e.contains("test.jsonl:2: bad JSON"), "{e}");
         let empty = write(dir.path(), &[""]);
-        assert!(matches!(TestSet::load(&empty, None, &labels()), Err(EvalError::EmptyTestSet { .. })));
+        assert!(matches!(
+            TestSet::load(&empty, None, &labels()),
+            Err(EvalError::EmptyTestSet { .. })
+        ));
     }
 
     struct Fixed(Vec<String>);
@@ -518,11 +627,14 @@ label_map = { refund_request = "refund" }
     #[test]
     fn student_and_teacher_side_by_side_with_a_resumable_cache() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write(dir.path(), &[
-            r#"{"text": "money back please", "label": "refund"}"#,
-            r#"{"text": "my parcel is late", "label": "shipping"}"#,
-            r#"{"text": "nice weather", "label": "other"}"#,
-        ]);
+        let path = write(
+            dir.path(),
+            &[
+                r#"{"text": "money back please", "label": "refund"}"#,
+                r#"{"text": "my parcel is late", "label": "shipping"}"#,
+                r#"{"text": "nice weather", "label": "other"}"#,
+            ],
+        );
         let test = TestSet::load(&path, None, &labels()).unwrap();
         let student = classify_all(&Fixed(labels()), &test.texts, 2, |_| {}).unwrap();
         assert_eq!(student.predicted, vec![0, 1, 0]);
@@ -530,7 +642,10 @@ label_map = { refund_request = "refund" }
         let cache_path = dir.path().join(files::TEACHER_LABELS);
         let mut cache = TeacherCache::open(&cache_path, "teacher-a").unwrap();
         assert_eq!(cache.missing(&test.texts).len(), 3);
-        for (text, intent, p) in [("money back please", "refund", 0.9), ("my parcel is late", "refund", 0.6)] {
+        for (text, intent, p) in [
+            ("money back please", "refund", 0.9),
+            ("my parcel is late", "refund", 0.6),
+        ] {
             let mut s = Sample::new(text, intent);
             s.label_logprob = Some(p);
             cache.insert(s).unwrap();
@@ -539,16 +654,24 @@ label_map = { refund_request = "refund" }
         // A new run finds the two labels and asks only for the third; another teacher none.
         let mut cache = TeacherCache::open(&cache_path, "teacher-a").unwrap();
         assert_eq!(cache.missing(&test.texts), vec!["nice weather"]);
-        assert_eq!(TeacherCache::open(&cache_path, "teacher-b").unwrap().len(), 0);
+        assert_eq!(
+            TeacherCache::open(&cache_path, "teacher-b").unwrap().len(),
+            0
+        );
         let mut s = Sample::new("nice weather", "other");
         s.label_logprob = Some(0.7);
         cache.insert(s).unwrap();
         let teacher = cache.answers(&test, &labels()).unwrap();
         assert_eq!(teacher.predicted, vec![0, 0, 2]);
 
-        let comparison =
-            Comparison::compute(&test, &labels(), Some("other"), &student, Some(("teacher-a", &teacher)))
-                .unwrap();
+        let comparison = Comparison::compute(
+            &test,
+            &labels(),
+            Some("other"),
+            &student,
+            Some(("teacher-a", &teacher)),
+        )
+        .unwrap();
         assert!((comparison.student.accuracy - 2.0 / 3.0).abs() < 1e-9);
         let t = comparison.teacher.as_ref().unwrap();
         assert!((t.metrics.accuracy - 2.0 / 3.0).abs() < 1e-9);

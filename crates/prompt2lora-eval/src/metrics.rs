@@ -100,7 +100,11 @@ pub enum MetricsError {
     #[error("no messages to score")]
     Empty,
     #[error("{what} has {found} entries for {expected} messages")]
-    Length { what: &'static str, found: usize, expected: usize },
+    Length {
+        what: &'static str,
+        found: usize,
+        expected: usize,
+    },
     #[error("intent index {index} is outside the {labels} labels")]
     Index { index: usize, labels: usize },
     #[error("probability {value} of message {message} is not between 0 and 1")]
@@ -154,8 +158,11 @@ impl Metrics {
                 }
             })
             .collect::<Vec<_>>();
-        let weighted_f1 =
-            per_intent.iter().map(|m| m.f1 * m.support as f64).sum::<f64>() / gold.len() as f64;
+        let weighted_f1 = per_intent
+            .iter()
+            .map(|m| m.f1 * m.support as f64)
+            .sum::<f64>()
+            / gold.len() as f64;
         let confusion = confusion(gold, predicted, labels.len());
 
         let calibration = probs.map(|p| calibration(gold, predicted, p));
@@ -196,14 +203,24 @@ fn check_inputs(
     }
     let expected = gold.len();
     if predicted.len() != expected {
-        return Err(MetricsError::Length { what: "predicted", found: predicted.len(), expected });
+        return Err(MetricsError::Length {
+            what: "predicted",
+            found: predicted.len(),
+            expected,
+        });
     }
     if let Some(probs) = probs {
         if probs.len() != expected {
-            return Err(MetricsError::Length { what: "probs", found: probs.len(), expected });
+            return Err(MetricsError::Length {
+                what: "probs",
+                found: probs.len(),
+                expected,
+            });
         }
-        if let Some((message, &value)) =
-            probs.iter().enumerate().find(|(_, p)| !(0.0..=1.0).contains(*p))
+        if let Some((message, &value)) = probs
+            .iter()
+            .enumerate()
+            .find(|(_, p)| !(0.0..=1.0).contains(*p))
         {
             return Err(MetricsError::Probability { message, value });
         }
@@ -256,8 +273,9 @@ impl Counts {
     }
 
     fn macro_f1(&self) -> f64 {
-        let present: Vec<usize> =
-            (0..self.gold.len()).filter(|&c| self.gold[c] + self.predicted[c] > 0).collect();
+        let present: Vec<usize> = (0..self.gold.len())
+            .filter(|&c| self.gold[c] + self.predicted[c] > 0)
+            .collect();
         present.iter().map(|&c| self.rates(c).2).sum::<f64>() / present.len().max(1) as f64
     }
 
@@ -277,7 +295,11 @@ impl Counts {
 }
 
 fn ratio(numerator: f64, denominator: f64) -> f64 {
-    if denominator == 0.0 { 0.0 } else { numerator / denominator }
+    if denominator == 0.0 {
+        0.0
+    } else {
+        numerator / denominator
+    }
 }
 
 fn confusion(gold: &[usize], predicted: &[usize], labels: usize) -> Vec<Vec<usize>> {
@@ -294,7 +316,9 @@ fn calibration(gold: &[usize], predicted: &[usize], probs: &[f32]) -> Calibratio
     let mut right = [0usize; CALIBRATION_BINS];
     for ((&g, &p), &prob) in gold.iter().zip(predicted).zip(probs) {
         // Bin i holds (i/B, (i+1)/B]; 0 falls into the first bin.
-        let bin = ((prob as f64 * CALIBRATION_BINS as f64).ceil() as usize).clamp(1, CALIBRATION_BINS) - 1;
+        let bin = ((prob as f64 * CALIBRATION_BINS as f64).ceil() as usize)
+            .clamp(1, CALIBRATION_BINS)
+            - 1;
         count[bin] += 1;
         confidence[bin] += prob as f64;
         right[bin] += usize::from(g == p);
@@ -399,7 +423,10 @@ mod tests {
         assert_eq!(m.support, 10);
         assert_eq!(m.correct, 6);
         close(m.accuracy, 0.6);
-        assert_eq!(m.confusion, vec![vec![2, 1, 1], vec![1, 2, 0], vec![0, 1, 2]]);
+        assert_eq!(
+            m.confusion,
+            vec![vec![2, 1, 1], vec![1, 2, 0], vec![0, 1, 2]]
+        );
         // a: tp 2, predicted 3, support 4 -> p 2/3, r 1/2, f1 4/7
         // b: tp 2, predicted 4, support 3 -> p 1/2, r 2/3, f1 4/7
         // c: tp 2, predicted 3, support 3 -> p 2/3, r 2/3, f1 2/3
@@ -414,7 +441,10 @@ mod tests {
         close(b.f1, 4.0 / 7.0);
         close(m.intent("c").unwrap().f1, 2.0 / 3.0);
         close(m.macro_f1, (4.0 / 7.0 + 4.0 / 7.0 + 2.0 / 3.0) / 3.0);
-        close(m.weighted_f1, (4.0 * 4.0 / 7.0 + 3.0 * 4.0 / 7.0 + 3.0 * 2.0 / 3.0) / 10.0);
+        close(
+            m.weighted_f1,
+            (4.0 * 4.0 / 7.0 + 3.0 * 4.0 / 7.0 + 3.0 * 2.0 / 3.0) / 10.0,
+        );
         assert!(m.calibration.is_none());
         assert!(m.catch_all.is_none());
     }
@@ -438,7 +468,11 @@ mod tests {
         let probs = [0.95, 0.95, 0.95, 0.95, 0.55, 0.58];
         let m = Metrics::compute(&gold, &predicted, Some(&probs), &names).unwrap();
         let c = m.calibration.unwrap();
-        assert!((c.ece - (4.0 / 6.0 * 0.2 + 2.0 / 6.0 * 0.065)).abs() < 1e-6, "{}", c.ece);
+        assert!(
+            (c.ece - (4.0 / 6.0 * 0.2 + 2.0 / 6.0 * 0.065)).abs() < 1e-6,
+            "{}",
+            c.ece
+        );
         assert_eq!(c.bins.len(), CALIBRATION_BINS);
         assert_eq!(c.bins[9].count, 4);
         assert_eq!(c.bins[5].count, 2);
@@ -455,8 +489,9 @@ mod tests {
         let gold = [0, 0, 1, 1, 2, 2, 0];
         let predicted = [0, 0, 1, 1, 0, 1, 0];
         let probs = [0.9, 0.95, 0.9, 0.8, 0.4, 0.35, 0.6];
-        let m = Metrics::compute_with_catch_all(&gold, &predicted, Some(&probs), &names, Some("other"))
-            .unwrap();
+        let m =
+            Metrics::compute_with_catch_all(&gold, &predicted, Some(&probs), &names, Some("other"))
+                .unwrap();
         close(m.accuracy, 5.0 / 7.0);
         let t = m.catch_all.unwrap();
         assert_eq!(t.intent, "other");
@@ -471,8 +506,14 @@ mod tests {
     #[test]
     fn catch_all_threshold_is_zero_when_routing_does_not_help() {
         let names = labels(&["a", "other"]);
-        let m = Metrics::compute_with_catch_all(&[0, 1], &[0, 1], Some(&[0.3, 0.9]), &names, Some("other"))
-            .unwrap();
+        let m = Metrics::compute_with_catch_all(
+            &[0, 1],
+            &[0, 1],
+            Some(&[0.3, 0.9]),
+            &names,
+            Some("other"),
+        )
+        .unwrap();
         let t = m.catch_all.unwrap();
         assert_eq!((t.threshold, t.routed), (0.0, 0));
         close(t.macro_f1, 1.0);
@@ -481,22 +522,37 @@ mod tests {
     #[test]
     fn catch_all_needs_gold_messages_of_it() {
         let names = labels(&["a", "b", "other"]);
-        let m = Metrics::compute_with_catch_all(&[0, 1], &[0, 1], Some(&[0.3, 0.9]), &names, Some("other"))
-            .unwrap();
+        let m = Metrics::compute_with_catch_all(
+            &[0, 1],
+            &[0, 1],
+            Some(&[0.3, 0.9]),
+            &names,
+            Some("other"),
+        )
+        .unwrap();
         assert!(m.catch_all.is_none());
     }
 
     #[test]
     fn bad_inputs_are_errors() {
         let names = labels(&["a", "b"]);
-        assert_eq!(Metrics::compute(&[], &[], None, &names), Err(MetricsError::Empty));
+        assert_eq!(
+            Metrics::compute(&[], &[], None, &names),
+            Err(MetricsError::Empty)
+        );
         assert!(matches!(
             Metrics::compute(&[0], &[0, 1], None, &names),
-            Err(MetricsError::Length { what: "predicted", .. })
+            Err(MetricsError::Length {
+                what: "predicted",
+                ..
+            })
         ));
         assert_eq!(
             Metrics::compute(&[0], &[2], None, &names),
-            Err(MetricsError::Index { index: 2, labels: 2 })
+            Err(MetricsError::Index {
+                index: 2,
+                labels: 2
+            })
         );
         assert!(matches!(
             Metrics::compute(&[0], &[0], Some(&[1.5]), &names),

@@ -18,7 +18,14 @@ const FONT: &str = "font-family=\"system-ui, sans-serif\"";
 /// large and small intents read on one scale.
 pub fn confusion_svg(metrics: &Metrics) -> String {
     let n = metrics.labels.len();
-    let label_width = 12.0 + 7.5 * metrics.labels.iter().map(|l| display_width(l)).max().unwrap_or(1) as f64;
+    let label_width = 12.0
+        + 7.5
+            * metrics
+                .labels
+                .iter()
+                .map(|l| display_width(l))
+                .max()
+                .unwrap_or(1) as f64;
     let (left, top) = (label_width + 24.0, label_width + 24.0);
     let (width, height) = (left + CELL * n as f64 + 16.0, top + CELL * n as f64 + 16.0);
 
@@ -60,7 +67,11 @@ pub fn confusion_svg(metrics: &Metrics) -> String {
     for (g, row) in metrics.confusion.iter().enumerate() {
         let total: usize = row.iter().sum();
         for (p, &count) in row.iter().enumerate() {
-            let share = if total == 0 { 0.0 } else { count as f64 / total as f64 };
+            let share = if total == 0 {
+                0.0
+            } else {
+                count as f64 / total as f64
+            };
             let (x, y) = (left + CELL * p as f64, top + CELL * g as f64);
             let fill = if g == p { blue(share) } else { red(share) };
             let ink = if share > 0.55 { "white" } else { "#222" };
@@ -120,7 +131,9 @@ pub fn reliability_svg(metrics: &Metrics) -> Option<String> {
     }
     let bar = size / calibration.bins.len() as f64;
     for bin in &calibration.bins {
-        let (Some(accuracy), Some(confidence)) = (bin.accuracy, bin.confidence) else { continue };
+        let (Some(accuracy), Some(confidence)) = (bin.accuracy, bin.confidence) else {
+            continue;
+        };
         let x = left + bin.lower * size;
         let _ = writeln!(
             svg,
@@ -152,7 +165,12 @@ fn red(share: f64) -> String {
 fn mix(from: (f64, f64, f64), to: (f64, f64, f64), t: f64) -> String {
     let t = t.clamp(0.0, 1.0);
     let channel = |a: f64, b: f64| (a + (b - a) * t).round() as u8;
-    format!("#{:02x}{:02x}{:02x}", channel(from.0, to.0), channel(from.1, to.1), channel(from.2, to.2))
+    format!(
+        "#{:02x}{:02x}{:02x}",
+        channel(from.0, to.0),
+        channel(from.1, to.1),
+        channel(from.2, to.2)
+    )
 }
 
 /// Columns a label takes, counting wide (CJK) characters twice.

@@ -69,7 +69,10 @@ impl From<Prediction> for PredictionRecord {
             alternatives: p
                 .alternatives
                 .into_iter()
-                .map(|(intent, probability)| Ranked { intent, probability })
+                .map(|(intent, probability)| Ranked {
+                    intent,
+                    probability,
+                })
                 .collect(),
         }
     }
@@ -168,7 +171,9 @@ fn run_batches(
         let mut deadline = None;
         while batch.len() < options.batch_size.max(1) {
             let item = match deadline {
-                None => receiver.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                None => receiver
+                    .recv()
+                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
                 Some(deadline) => receiver.recv_timeout(deadline - Instant::now().min(deadline)),
             };
             match item {
@@ -189,7 +194,14 @@ fn run_batches(
             }
         }
         if !batch.is_empty() {
-            write_batch(classifier, &mut batch, &mut buffer, &mut output, options, &mut summary)?;
+            write_batch(
+                classifier,
+                &mut batch,
+                &mut buffer,
+                &mut output,
+                options,
+                &mut summary,
+            )?;
         }
         if ended {
             return Ok(summary);
@@ -209,7 +221,10 @@ fn write_batch(
     let started = Instant::now();
     let predictions = classifier
         .predict(&texts, options.top_k)
-        .map_err(|source| PredictError::Classifier { line: batch[0].line, source })?;
+        .map_err(|source| PredictError::Classifier {
+            line: batch[0].line,
+            source,
+        })?;
     summary.classify_time += started.elapsed();
     buffer.clear();
     for (message, prediction) in batch.drain(..).zip(predictions) {
@@ -224,7 +239,10 @@ fn write_batch(
         summary.messages += 1;
     }
     summary.batches += 1;
-    output.write_all(buffer).and_then(|()| output.flush()).map_err(PredictError::Write)
+    output
+        .write_all(buffer)
+        .and_then(|()| output.flush())
+        .map_err(PredictError::Write)
 }
 
 /// The reader thread: parses lines into messages until the input ends or the receiver hangs up.
@@ -241,7 +259,11 @@ fn read_messages(input: impl BufRead, format: InputFormat, sender: &mpsc::SyncSe
             Ok(line) if line.trim().is_empty() => continue,
             Ok(line) => {
                 if format == InputFormat::Auto {
-                    format = if parse_json(&line).is_ok() { InputFormat::Jsonl } else { InputFormat::Lines };
+                    format = if parse_json(&line).is_ok() {
+                        InputFormat::Jsonl
+                    } else {
+                        InputFormat::Lines
+                    };
                 }
                 parse_line(line, line_number, format)
             }
@@ -256,11 +278,22 @@ fn read_messages(input: impl BufRead, format: InputFormat, sender: &mpsc::SyncSe
 fn parse_line(line: String, number: usize, format: InputFormat) -> Item {
     if format != InputFormat::Jsonl {
         let text = line.strip_suffix('\r').unwrap_or(&line).to_string();
-        return Item::Message(Message { line: number, id: None, text });
+        return Item::Message(Message {
+            line: number,
+            id: None,
+            text,
+        });
     }
     match parse_json(&line) {
-        Ok((id, text)) => Item::Message(Message { line: number, id, text }),
-        Err(message) => Item::Bad(BadLine { line: number, message }),
+        Ok((id, text)) => Item::Message(Message {
+            line: number,
+            id,
+            text,
+        }),
+        Err(message) => Item::Bad(BadLine {
+            line: number,
+            message,
+        }),
     }
 }
 
@@ -293,7 +326,10 @@ mod tests {
 
     impl Lengths {
         fn new() -> Self {
-            Lengths { labels: vec!["short".into(), "long".into()], batches: Mutex::new(Vec::new()) }
+            Lengths {
+                labels: vec!["short".into(), "long".into()],
+                batches: Mutex::new(Vec::new()),
+            }
         }
     }
 
@@ -305,12 +341,21 @@ mod tests {
             self.batches.lock().unwrap().push(texts.len());
             Ok(texts
                 .iter()
-                .map(|t| if t.chars().count() > 10 { vec![0.2, 0.8] } else { vec![0.9, 0.1] })
+                .map(|t| {
+                    if t.chars().count() > 10 {
+                        vec![0.2, 0.8]
+                    } else {
+                        vec![0.9, 0.1]
+                    }
+                })
                 .collect())
         }
     }
 
-    fn run(input: &str, options: &PredictOptions) -> (Vec<OutputRecord>, PredictSummary, Vec<usize>) {
+    fn run(
+        input: &str,
+        options: &PredictOptions,
+    ) -> (Vec<OutputRecord>, PredictSummary, Vec<usize>) {
         let classifier = Lengths::new();
         let mut out = Vec::new();
         let input = std::io::Cursor::new(input.to_string());
@@ -325,14 +370,26 @@ mod tests {
 
     #[test]
     fn plain_lines_in_full_batches_and_order() {
-        let input: String = (0..70).map(|i| format!("message number {i}\nhi\n")).collect();
-        let options = PredictOptions { batch_size: 32, max_wait: Duration::from_secs(5), ..Default::default() };
+        let input: String = (0..70)
+            .map(|i| format!("message number {i}\nhi\n"))
+            .collect();
+        let options = PredictOptions {
+            batch_size: 32,
+            max_wait: Duration::from_secs(5),
+            ..Default::default()
+        };
         let (records, summary, batches) = run(&input, &options);
         assert_eq!(summary.messages, 140);
         assert_eq!(batches, vec![32, 32, 32, 32, 12]);
         assert_eq!(records[0].text, "message number 0");
         assert_eq!(records[0].prediction.intent, "long");
-        assert_eq!(records[0].prediction.alternatives, vec![Ranked { intent: "short".into(), probability: 0.2 }]);
+        assert_eq!(
+            records[0].prediction.alternatives,
+            vec![Ranked {
+                intent: "short".into(),
+                probability: 0.2
+            }]
+        );
         assert_eq!(records[1].line, 2);
         assert_eq!(records[1].prediction.intent, "short");
         assert_eq!(records[139].line, 140);
@@ -346,8 +403,11 @@ mod tests {
         assert_eq!(records.len(), 2);
         assert_eq!(records[0].id, Some(serde_json::json!(7)));
         assert_eq!(records[1].line, 6);
-        let bad: Vec<(usize, &str)> =
-            summary.bad_lines.iter().map(|b| (b.line, b.message.as_str())).collect();
+        let bad: Vec<(usize, &str)> = summary
+            .bad_lines
+            .iter()
+            .map(|b| (b.line, b.message.as_str()))
+            .collect();
         assert_eq!(bad[0], (3, "empty text"));
         assert_eq!(bad[1].0, 4);
         assert!(bad[1].1.starts_with("bad JSON"));
@@ -364,7 +424,13 @@ mod tests {
 
     #[test]
     fn output_shape_is_flat() {
-        let (records, _, _) = run("hello\n", &PredictOptions { top_k: 1, ..Default::default() });
+        let (records, _, _) = run(
+            "hello\n",
+            &PredictOptions {
+                top_k: 1,
+                ..Default::default()
+            },
+        );
         let json = serde_json::to_value(&records[0]).unwrap();
         assert_eq!(
             json,

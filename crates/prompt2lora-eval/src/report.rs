@@ -16,7 +16,11 @@ pub fn summary(comparison: &Comparison) -> String {
     )];
     lines.push(format!("student: {}", headline(&comparison.student)));
     if let Some(teacher) = &comparison.teacher {
-        lines.push(format!("teacher ({}): {}", teacher.model, headline(&teacher.metrics)));
+        lines.push(format!(
+            "teacher ({}): {}",
+            teacher.model,
+            headline(&teacher.metrics)
+        ));
     }
     if let (Some(delta), Some(agreement)) = (comparison.student_minus_teacher, comparison.agreement)
     {
@@ -35,7 +39,9 @@ pub fn summary(comparison: &Comparison) -> String {
         ));
     }
     for (who, metrics) in models(comparison) {
-        let Some(routing) = &metrics.catch_all else { continue };
+        let Some(routing) = &metrics.catch_all else {
+            continue;
+        };
         if routing.routed == 0 {
             lines.push(format!(
                 "{who}: routing low-probability answers to `{}` does not help on this test set",
@@ -107,7 +113,13 @@ pub fn confusion_table(metrics: &Metrics) -> String {
     let mut table = new_table(header);
     for (label, row) in metrics.labels.iter().zip(&metrics.confusion) {
         let mut cells = vec![label.clone()];
-        cells.extend(row.iter().map(|n| if *n == 0 { ".".to_string() } else { n.to_string() }));
+        cells.extend(row.iter().map(|n| {
+            if *n == 0 {
+                ".".to_string()
+            } else {
+                n.to_string()
+            }
+        }));
         table.add_row(cells);
     }
     right_align_numbers(&mut table);
@@ -134,18 +146,29 @@ mod tests {
     fn comparison() -> Comparison {
         let labels = vec!["退货".to_string(), "other".to_string()];
         let gold = [0, 0, 1, 1];
-        let student =
-            Metrics::compute_with_catch_all(&gold, &[0, 0, 1, 0], Some(&[0.9, 0.8, 0.9, 0.3]), &labels, Some("other"))
-                .unwrap();
+        let student = Metrics::compute_with_catch_all(
+            &gold,
+            &[0, 0, 1, 0],
+            Some(&[0.9, 0.8, 0.9, 0.3]),
+            &labels,
+            Some("other"),
+        )
+        .unwrap();
         let teacher = Metrics::compute(&gold, &[0, 1, 1, 1], None, &labels).unwrap();
         Comparison {
-            test_set: TestSetInfo { path: "test.jsonl".into(), messages: 4 },
+            test_set: TestSetInfo {
+                path: "test.jsonl".into(),
+                messages: 4,
+            },
             student_minus_teacher: Some(Delta {
                 accuracy: student.accuracy - teacher.accuracy,
                 macro_f1: student.macro_f1 - teacher.macro_f1,
             }),
             student,
-            teacher: Some(TeacherMetrics { model: "qwen".into(), metrics: teacher }),
+            teacher: Some(TeacherMetrics {
+                model: "qwen".into(),
+                metrics: teacher,
+            }),
             agreement: Some(0.5),
         }
     }
@@ -153,10 +176,16 @@ mod tests {
     #[test]
     fn summary_reports_both_models_and_routing() {
         let text = summary(&comparison());
-        assert!(text.contains("student: accuracy 0.750, macro-F1 0.733"), "{text}");
+        assert!(
+            text.contains("student: accuracy 0.750, macro-F1 0.733"),
+            "{text}"
+        );
         assert!(text.contains("teacher (qwen): accuracy 0.750"), "{text}");
         assert!(text.contains("agree on 50.0% of messages"), "{text}");
-        assert!(text.contains("answering `other` when the top probability is below 0.550"), "{text}");
+        assert!(
+            text.contains("answering `other` when the top probability is below 0.550"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -166,6 +195,10 @@ mod tests {
         assert!(table.contains("teacher F1"));
         assert!(table.contains("退货"));
         let confusion = confusion_table(&c.student);
-        assert_eq!(confusion.lines().filter(|l| l.contains("退货")).count(), 2, "{confusion}");
+        assert_eq!(
+            confusion.lines().filter(|l| l.contains("退货")).count(),
+            2,
+            "{confusion}"
+        );
     }
 }

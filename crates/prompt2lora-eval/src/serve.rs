@@ -90,7 +90,11 @@ pub fn router(models: Vec<ServedModel>, options: ServeOptions) -> Router {
             (model.name, handle)
         })
         .collect();
-    let state = AppState { models: Arc::new(models), options: Arc::new(options), metrics };
+    let state = AppState {
+        models: Arc::new(models),
+        options: Arc::new(options),
+        metrics,
+    };
 
     let api = Router::new()
         .route("/v1/classify", post(classify))
@@ -101,7 +105,10 @@ pub fn router(models: Vec<ServedModel>, options: ServeOptions) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ))
         .layer(DefaultBodyLimit::max(state.options.max_body_bytes))
         .with_state(state)
 }
@@ -112,7 +119,9 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -184,7 +193,11 @@ async fn classify(
     };
 
     let (respond, answer) = oneshot::channel();
-    let job = Job { texts, top_k, respond };
+    let job = Job {
+        texts,
+        top_k,
+        respond,
+    };
     model.queue.try_send(job).map_err(|e| match e {
         mpsc::error::TrySendError::Full(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -196,26 +209,42 @@ async fn classify(
     let predictions = tokio::time::timeout(state.options.timeout, answer)
         .await
         .map_err(|_| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "no answer in time; retry shortly")
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "no answer in time; retry shortly",
+            )
         })?
         .map_err(|_| ApiError::internal("the model worker dropped the request"))?
         .map_err(|e| ApiError::internal(&format!("the classifier failed: {e}")))?;
-    Ok(Json(ClassifyResponse { model: name.to_string(), predictions }))
+    Ok(Json(ClassifyResponse {
+        model: name.to_string(),
+        predictions,
+    }))
 }
 
 fn pick_model<'a>(
     models: &'a BTreeMap<String, ModelHandle>,
     requested: Option<&str>,
 ) -> Result<(&'a str, &'a ModelHandle), ApiError> {
-    let known = || models.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+    let known = || {
+        models
+            .keys()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     match requested {
-        Some(name) => models.get_key_value(name).map(|(k, v)| (k.as_str(), v)).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_model",
-                &format!("no model `{name}`; served: {}", known()),
-            )
-        }),
+        Some(name) => models
+            .get_key_value(name)
+            .map(|(k, v)| (k.as_str(), v))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_model",
+                    &format!("no model `{name}`; served: {}", known()),
+                )
+            }),
         None if models.len() == 1 => {
             let (k, v) = models.iter().next().expect("one model");
             Ok((k.as_str(), v))
@@ -242,9 +271,16 @@ fn validate_texts(
         return Err(ApiError::invalid("`texts` is empty"));
     }
     if texts.len() > options.max_texts {
-        let message =
-            format!("{} texts in one request, over the limit of {}", texts.len(), options.max_texts);
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_texts", &message));
+        let message = format!(
+            "{} texts in one request, over the limit of {}",
+            texts.len(),
+            options.max_texts
+        );
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_texts",
+            &message,
+        ));
     }
     for (i, text) in texts.iter().enumerate() {
         if text.trim().is_empty() {
@@ -260,7 +296,11 @@ fn validate_texts(
                 "text {i} is {chars} characters long, over the limit of {}",
                 options.max_chars
             );
-            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "text_too_long", &message));
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "text_too_long",
+                &message,
+            ));
         }
     }
     Ok(texts)
@@ -276,7 +316,10 @@ async fn list_models(State(state): State<AppState>) -> Json<serde_json::Value> {
     let models: Vec<ModelInfo> = state
         .models
         .iter()
-        .map(|(name, m)| ModelInfo { name: name.clone(), intents: m.labels.clone() })
+        .map(|(name, m)| ModelInfo {
+            name: name.clone(),
+            intents: m.labels.clone(),
+        })
         .collect();
     Json(serde_json::json!({ "models": models }))
 }
@@ -315,7 +358,11 @@ struct ErrorCode(&'static str);
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: &str) -> Self {
-        ApiError { status, code, message: message.to_string() }
+        ApiError {
+            status,
+            code,
+            message: message.to_string(),
+        }
     }
 
     fn invalid(message: &str) -> Self {
@@ -340,7 +387,11 @@ impl ApiError {
         } else {
             rejection.body_text()
         };
-        ApiError { status: rejection.status(), code, message }
+        ApiError {
+            status: rejection.status(),
+            code,
+            message,
+        }
     }
 }
 
@@ -349,7 +400,9 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response.extensions_mut().insert(ErrorCode(self.code));
         response
@@ -373,8 +426,12 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
         Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
             next.run(request).await
         }
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong bearer token")
-            .into_response(),
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "wrong bearer token",
+        )
+        .into_response(),
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -399,11 +456,24 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
     let response = next.run(request).await;
     let metrics = &state.metrics;
     let elapsed = started.elapsed().as_secs_f64();
-    metrics.latency.get_or_create(&RouteLabels { route: route.clone() }).observe(elapsed);
+    metrics
+        .latency
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+        })
+        .observe(elapsed);
     let status = response.status().as_u16();
-    metrics.requests.get_or_create(&RequestLabels { route, status }).inc();
+    metrics
+        .requests
+        .get_or_create(&RequestLabels { route, status })
+        .inc();
     if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
-        metrics.errors.get_or_create(&ErrorLabels { code: (*code).to_string() }).inc();
+        metrics
+            .errors
+            .get_or_create(&ErrorLabels {
+                code: (*code).to_string(),
+            })
+            .inc();
     }
     response
 }
@@ -460,21 +530,40 @@ impl ServerMetrics {
             batch_seconds: Family::new_with_constructor(seconds as fn() -> Histogram),
         };
         let mut registry = Registry::with_prefix("prompt2lora");
-        registry.register("http_requests", "HTTP requests by route and status", metrics.requests.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            metrics.requests.clone(),
+        );
         registry.register(
             "http_request_duration_seconds",
             "Time from request to response, by route",
             metrics.latency.clone(),
         );
-        registry.register("http_errors", "Error answers by error code", metrics.errors.clone());
-        registry.register("classified_texts", "Texts classified, by model", metrics.texts.clone());
-        registry.register("batch_texts", "Texts per classifier call", metrics.batch_texts.clone());
+        registry.register(
+            "http_errors",
+            "Error answers by error code",
+            metrics.errors.clone(),
+        );
+        registry.register(
+            "classified_texts",
+            "Texts classified, by model",
+            metrics.texts.clone(),
+        );
+        registry.register(
+            "batch_texts",
+            "Texts per classifier call",
+            metrics.batch_texts.clone(),
+        );
         registry.register(
             "batch_duration_seconds",
             "Time of one classifier call",
             metrics.batch_seconds.clone(),
         );
-        ServerMetrics { registry, ..metrics }
+        ServerMetrics {
+            registry,
+            ..metrics
+        }
     }
 }
 
@@ -506,7 +595,10 @@ impl ModelHandle {
             metrics,
         };
         tokio::spawn(worker.run(jobs));
-        ModelHandle { labels: model.classifier.labels().to_vec(), queue }
+        ModelHandle {
+            labels: model.classifier.labels().to_vec(),
+            queue,
+        }
     }
 }
 
@@ -523,7 +615,9 @@ impl Batcher {
     /// `max_wait` (up to `max_batch` texts), classifies them in one call and answers each.
     /// While a call runs, new requests queue up and form the next batch.
     async fn run(self, mut jobs: mpsc::Receiver<Job>) {
-        let labels = ModelLabels { model: self.name.clone() };
+        let labels = ModelLabels {
+            model: self.name.clone(),
+        };
         while let Some(first) = jobs.recv().await {
             let mut size = first.texts.len();
             let mut batch = vec![first];
@@ -532,7 +626,10 @@ impl Batcher {
                 let next = match jobs.try_recv() {
                     Ok(job) => Some(job),
                     Err(mpsc::error::TryRecvError::Empty) if !self.max_wait.is_zero() => {
-                        tokio::time::timeout_at(deadline, jobs.recv()).await.ok().flatten()
+                        tokio::time::timeout_at(deadline, jobs.recv())
+                            .await
+                            .ok()
+                            .flatten()
                     }
                     Err(_) => None,
                 };
@@ -543,9 +640,18 @@ impl Batcher {
 
             let started = Instant::now();
             let outcome = self.classify(&batch).await;
-            self.metrics.batch_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-            self.metrics.batch_texts.get_or_create(&labels).observe(size as f64);
-            self.metrics.texts.get_or_create(&labels).inc_by(size as u64);
+            self.metrics
+                .batch_seconds
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .batch_texts
+                .get_or_create(&labels)
+                .observe(size as f64);
+            self.metrics
+                .texts
+                .get_or_create(&labels)
+                .inc_by(size as u64);
             answer(batch, outcome);
         }
     }
@@ -562,7 +668,12 @@ impl Batcher {
             // One request may bring more texts than a batch; split it.
             for chunk in texts.chunks(max_batch) {
                 let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-                out.extend(classifier.predict(&refs, top_k)?.into_iter().map(PredictionRecord::from));
+                out.extend(
+                    classifier
+                        .predict(&refs, top_k)?
+                        .into_iter()
+                        .map(PredictionRecord::from),
+                );
             }
             Ok::<_, prompt2lora_core::ModelError>(out)
         })

@@ -102,9 +102,9 @@ mod tests {
     }
 
     #[test]
-    fn adamw_matches_pytorch_first_steps() {
-        // torch.optim.AdamW([p], lr=0.1, weight_decay=0.01) on loss = sum(p * g) with
-        // p = [1, -2] and g = [0.5, 0.25]: after two steps p = [0.798, -1.7960].
+    fn adamw_takes_bias_corrected_steps_with_decoupled_decay() {
+        // A constant gradient: bias-corrected Adam moves each weight by lr (times the sign of
+        // its gradient) per step, after the decoupled decay p *= 1 - lr * wd.
         let p = Var::new(&[1f32, -2.0], &Device::Cpu).unwrap();
         let params = vec![("w".to_string(), p.clone())];
         let mut adam = AdamW::new(&params, 0.01).unwrap();
@@ -112,10 +112,8 @@ mod tests {
         adam.step(&params, &[g.clone()], 0.1).unwrap();
         adam.step(&params, &[g], 0.1).unwrap();
         let got: Vec<f32> = p.as_tensor().to_vec1().unwrap();
-        // Two steps of size lr (bias-corrected Adam with a constant gradient moves by ~lr per
-        // step) plus decay: 1 * 0.999 - 0.1, then * 0.999 - 0.1.
         let expect0 = (1.0f32 * 0.999 - 0.1) * 0.999 - 0.1;
-        let expect1 = (-2.0f32 * 0.999 + 0.1) * 0.999 + 0.1;
+        let expect1 = (-2.0f32 * 0.999 - 0.1) * 0.999 - 0.1;
         assert!((got[0] - expect0).abs() < 1e-5, "{got:?}");
         assert!((got[1] - expect1).abs() < 1e-5, "{got:?}");
     }

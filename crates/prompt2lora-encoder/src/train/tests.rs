@@ -13,6 +13,27 @@ use crate::AdapterClassifier;
 use crate::fixtures::{TinySize, toy_samples, write_tiny_model};
 
 fn task(model: &Path, extra: &str) -> Task {
+    let mut train: Vec<(String, String)> = [
+        ("student", format!("\"{}\"", model.display())),
+        ("rank", "\"4\"".into()),
+        ("epochs", "6".into()),
+        ("batch_size", "16".into()),
+        ("learning_rate", "0.02".into()),
+        ("max_length", "16".into()),
+        ("validation_fraction", "0.2".into()),
+        ("patience", "0".into()),
+        ("save_steps", "0".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for line in extra.lines().filter(|l| !l.trim().is_empty()) {
+        let (key, value) = line.split_once('=').unwrap();
+        let key = key.trim().to_string();
+        train.retain(|(k, _)| *k != key);
+        train.push((key, value.trim().to_string()));
+    }
+    let train: String = train.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
     let source = format!(
         r#"
 name = "toy"
@@ -31,24 +52,14 @@ name = "booking"
 description = "Booking a table."
 
 [train]
-student = "{}"
-rank = "4"
-epochs = 4
-batch_size = 16
-learning_rate = 0.005
-max_length = 16
-validation_fraction = 0.2
-patience = 0
-save_steps = 0
-{extra}
-"#,
-        model.display()
+{train}
+"#
     );
     Task::parse(&source, Path::new("task.toml")).unwrap()
 }
 
 fn run(task: &Task, out: &Path, resume: bool, stop: Option<&AtomicBool>, observer: &mut dyn Observer) -> crate::Result<TrainSummary> {
-    let samples = toy_samples(40, 0.0, 1);
+    let samples = toy_samples(60, 0.0, 1);
     let options = TrainOptions {
         out_dir: out.to_path_buf(),
         checkpoint_dir: None,
@@ -77,9 +88,9 @@ fn loss_falls_and_validation_f1_rises() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|v| v["kind"] == "epoch")
         .collect();
-    assert_eq!(epochs.len(), 4);
+    assert_eq!(epochs.len(), 6);
     let first = epochs[0]["train_loss"].as_f64().unwrap();
-    let last = epochs[3]["train_loss"].as_f64().unwrap();
+    let last = epochs[5]["train_loss"].as_f64().unwrap();
     assert!(last < first * 0.7, "train loss {first} -> {last}");
     assert!(summary.validation_macro_f1.unwrap() >= 0.9, "{summary:?}");
     assert!(fs_err::read_to_string(&summary.plot_path).unwrap().contains("<svg"));
@@ -100,7 +111,7 @@ fn adapter_has_peft_layout_and_reloads_to_the_same_predictions() {
     write_tiny_model(&dir.path().join("model"), TinySize::default(), 1).unwrap();
     let task = task(&dir.path().join("model"), "");
     let out = dir.path().join("adapter");
-    let samples = toy_samples(40, 0.0, 1);
+    let samples = toy_samples(60, 0.0, 1);
     let options = TrainOptions { out_dir: out.clone(), checkpoint_dir: None, resume: false, merge: true, stop: None, observer: &mut Silent };
     let summary = train(&task, &samples, options).unwrap();
 
