@@ -65,13 +65,24 @@ fn setup() -> tempfile::TempDir {
 fn filter_writes_clean_data_rejects_report_and_plots() {
     let dir = setup();
     let out = prompt2lora(
-        &["filter", "samples.jsonl", "--task", "task.toml", "--out", "out/clean.jsonl", "--no-semantic"],
+        &[
+            "filter",
+            "samples.jsonl",
+            "--task",
+            "task.toml",
+            "--out",
+            "out/clean.jsonl",
+            "--no-semantic",
+        ],
         dir.path(),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("samples.jsonl:10:"), "the unreadable line is named: {stderr}");
+    assert!(
+        stderr.contains("samples.jsonl:10:"),
+        "the unreadable line is named: {stderr}"
+    );
 
     let kept = lines(&dir.path().join("out/clean.jsonl"));
     let rejects = lines(&dir.path().join("out/rejects.jsonl"));
@@ -85,25 +96,49 @@ fn filter_writes_clean_data_rejects_report_and_plots() {
     assert_eq!(stage_of("broken").as_deref(), Some("read"));
     assert_eq!(stage_of("   ").as_deref(), Some("validity"));
     assert_eq!(stage_of("开发票").as_deref(), Some("validity"));
-    assert_eq!(stage_of("where is my PARCEL").as_deref(), Some("exact_duplicate"));
+    assert_eq!(
+        stage_of("where is my PARCEL").as_deref(),
+        Some("exact_duplicate")
+    );
     assert_eq!(stage_of("查一下嘛").as_deref(), Some("near_duplicate"));
     assert_eq!(stage_of("物流").as_deref(), Some("drift"));
-    let near = rejects.iter().find(|r| r["stage"] == "near_duplicate").unwrap();
+    let near = rejects
+        .iter()
+        .find(|r| r["stage"] == "near_duplicate")
+        .unwrap();
     assert!(near["duplicate_of"].is_string());
 
-    let report: serde_json::Value =
-        serde_json::from_str(&fs_err::read_to_string(dir.path().join("out/filter_report.json")).unwrap()).unwrap();
+    let report: serde_json::Value = serde_json::from_str(
+        &fs_err::read_to_string(dir.path().join("out/filter_report.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(report["input"], 10);
     assert_eq!(report["kept"].as_u64().unwrap() as usize, kept.len());
-    let stages: Vec<&str> = report["funnel"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    let stages: Vec<&str> = report["funnel"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
     assert_eq!(
         stages,
-        ["read", "validity", "drift", "exact_duplicate", "near_duplicate", "semantic_duplicate", "confidence"]
+        [
+            "read",
+            "validity",
+            "drift",
+            "exact_duplicate",
+            "near_duplicate",
+            "semantic_duplicate",
+            "confidence"
+        ]
     );
     assert!(dir.path().join("out/filter_funnel.svg").is_file());
     assert!(dir.path().join("out/confidence_histogram.svg").is_file());
     assert!(stdout.contains("near_duplicate"), "{stdout}");
-    assert!(stdout.contains("where_is_order"), "histogram lines: {stdout}");
+    assert!(
+        stdout.contains("where_is_order"),
+        "histogram lines: {stdout}"
+    );
 }
 
 #[test]
@@ -111,12 +146,29 @@ fn flags_override_the_task_file() {
     let dir = setup();
     let out = prompt2lora(
         &[
-            "filter", "samples.jsonl", "--task", "task.toml", "--out", "clean.jsonl", "--no-semantic",
-            "--drift", "relabel", "--min-confidence", "0.85", "--rejects", "r/rej.jsonl", "--report", "r/rep.json",
+            "filter",
+            "samples.jsonl",
+            "--task",
+            "task.toml",
+            "--out",
+            "clean.jsonl",
+            "--no-semantic",
+            "--drift",
+            "relabel",
+            "--min-confidence",
+            "0.85",
+            "--rejects",
+            "r/rej.jsonl",
+            "--report",
+            "r/rep.json",
         ],
         dir.path(),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rejects = lines(&dir.path().join("r/rej.jsonl"));
     assert!(rejects.iter().all(|r| r["stage"] != "drift"));
     let below: Vec<&str> = rejects
@@ -133,13 +185,32 @@ fn flags_override_the_task_file() {
 fn bad_settings_and_missing_input_exit_1() {
     let dir = setup();
     let out = prompt2lora(
-        &["filter", "samples.jsonl", "--task", "task.toml", "--out", "c.jsonl", "--keep-fraction", "1.5"],
+        &[
+            "filter",
+            "samples.jsonl",
+            "--task",
+            "task.toml",
+            "--out",
+            "c.jsonl",
+            "--keep-fraction",
+            "1.5",
+        ],
         dir.path(),
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("keep_fraction"));
 
-    let out = prompt2lora(&["filter", "nope.jsonl", "--task", "task.toml", "--out", "c.jsonl"], dir.path());
+    let out = prompt2lora(
+        &[
+            "filter",
+            "nope.jsonl",
+            "--task",
+            "task.toml",
+            "--out",
+            "c.jsonl",
+        ],
+        dir.path(),
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.jsonl"));
 }

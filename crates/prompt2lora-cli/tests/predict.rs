@@ -2,8 +2,8 @@
 //! model: lines and JSONL, from stdin and files, and bad lines named by file and line.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use prompt2lora_core::Task;
@@ -71,19 +71,34 @@ fn predict(args: &[&str], stdin: &str) -> (i32, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     let output = child.wait_with_output().unwrap();
     let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
-    (output.status.code().unwrap(), text(output.stdout), text(output.stderr))
+    (
+        output.status.code().unwrap(),
+        text(output.stdout),
+        text(output.stderr),
+    )
 }
 
 fn records(stdout: &str) -> Vec<serde_json::Value> {
-    stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
 fn lines_from_stdin_become_jsonl_in_order() {
-    let input: String = toy_samples(20, 0.0, 5).iter().map(|s| format!("{}\n", s.text)).collect();
+    let input: String = toy_samples(20, 0.0, 5)
+        .iter()
+        .map(|s| format!("{}\n", s.text))
+        .collect();
     let (code, stdout, stderr) = predict(&["--top-k", "2", "--batch-size", "8"], &input);
     assert_eq!(code, 0, "{stderr}");
     let records = records(&stdout);
@@ -92,7 +107,10 @@ fn lines_from_stdin_become_jsonl_in_order() {
     for (i, (record, text)) in records.iter().zip(input.lines()).enumerate() {
         assert_eq!(record["line"], i + 1);
         assert_eq!(record["text"], text);
-        assert!(intents.contains(&record["intent"].as_str().unwrap()), "{record}");
+        assert!(
+            intents.contains(&record["intent"].as_str().unwrap()),
+            "{record}"
+        );
         let p = record["probability"].as_f64().unwrap();
         let alternatives = record["alternatives"].as_array().unwrap();
         assert_eq!(alternatives.len(), 1);
@@ -109,9 +127,15 @@ fn jsonl_file_keeps_ids_and_names_bad_lines() {
     let out = dir.path().join("out.jsonl");
     let (code, _, stderr) = predict(&[input.to_str().unwrap(), "-o", out.to_str().unwrap()], "");
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("messages.jsonl:2: missing field `text`"), "{stderr}");
+    assert!(
+        stderr.contains("messages.jsonl:2: missing field `text`"),
+        "{stderr}"
+    );
     let records = records(&fs_err::read_to_string(&out).unwrap());
     assert_eq!(records.len(), 2);
-    assert_eq!((records[0]["id"].clone(), records[1]["id"].clone()), (serde_json::json!("a1"), serde_json::json!(3)));
+    assert_eq!(
+        (records[0]["id"].clone(), records[1]["id"].clone()),
+        (serde_json::json!("a1"), serde_json::json!(3))
+    );
     assert_eq!(records[1]["line"], 3);
 }

@@ -3,8 +3,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
 use prompt2lora_core::Task;
@@ -65,30 +65,44 @@ save_steps = 0
 /// Starts the server on a free port; returns it and its address, read from its log.
 fn start(extra: &[&str], token: Option<&str>) -> (Child, String) {
     let mut command = Command::new(BIN);
-    command.args(["serve", "--addr", "127.0.0.1:0"]).arg(format!("toy={}", adapter().display())).args(extra);
-    command.env_remove("PROMPT2LORA_TOKEN").stdout(Stdio::null()).stderr(Stdio::piped());
+    command
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .arg(format!("toy={}", adapter().display()))
+        .args(extra);
+    command
+        .env_remove("PROMPT2LORA_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     if let Some(token) = token {
         command.env("PROMPT2LORA_TOKEN", token);
     }
     let mut child = command.spawn().unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
-    loop {
+    let addr = loop {
         line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "server exited before listening");
-        if let Some(rest) = line.split("on http://").nth(1) {
-            let addr = rest.split_whitespace().next().unwrap().to_string();
-            // Keep draining the log so the server never blocks on a full pipe.
-            std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-            return (child, addr);
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break None;
         }
-    }
+        if let Some(rest) = line.split("on http://").nth(1) {
+            break Some(rest.split_whitespace().next().unwrap().to_string());
+        }
+    };
+    let Some(addr) = addr else {
+        let status = child.wait().unwrap();
+        panic!("the server exited before listening: {status}");
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (child, addr)
 }
 
 /// One HTTP/1.1 request; returns the status code and the body.
 fn http(addr: &str, method: &str, path: &str, body: &str, token: Option<&str>) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
-    let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let request = format!(
         "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{auth}content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
@@ -97,12 +111,18 @@ fn http(addr: &str, method: &str, path: &str, body: &str, token: Option<&str>) -
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
 fn terminate(mut child: Child) -> i32 {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     child.wait().unwrap().code().expect("exited, not killed")
 }
@@ -110,7 +130,13 @@ fn terminate(mut child: Child) -> i32 {
 #[test]
 fn classifies_over_http_and_stops_on_sigterm() {
     let (child, addr) = start(&[], None);
-    let (status, body) = http(&addr, "POST", "/v1/classify", r#"{"texts": ["play a jazz song", "rain today"]}"#, None);
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/classify",
+        r#"{"texts": ["play a jazz song", "rain today"]}"#,
+        None,
+    );
     assert_eq!(status, 200, "{body}");
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["model"], "toy");
@@ -129,8 +155,14 @@ fn token_from_the_environment_is_required() {
     let (child, addr) = start(&[], Some("t0ken"));
     let body = r#"{"text": "book a table"}"#;
     assert_eq!(http(&addr, "POST", "/v1/classify", body, None).0, 401);
-    assert_eq!(http(&addr, "POST", "/v1/classify", body, Some("nope")).0, 401);
-    assert_eq!(http(&addr, "POST", "/v1/classify", body, Some("t0ken")).0, 200);
+    assert_eq!(
+        http(&addr, "POST", "/v1/classify", body, Some("nope")).0,
+        401
+    );
+    assert_eq!(
+        http(&addr, "POST", "/v1/classify", body, Some("t0ken")).0,
+        200
+    );
     assert_eq!(http(&addr, "GET", "/healthz", "", None).0, 200);
     assert_eq!(terminate(child), 0);
 }
@@ -138,7 +170,13 @@ fn token_from_the_environment_is_required() {
 #[test]
 fn a_named_token_variable_must_be_set() {
     let output = Command::new(BIN)
-        .args(["serve", "--addr", "127.0.0.1:0", "--token-env", "PROMPT2LORA_TEST_UNSET_TOKEN"])
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--token-env",
+            "PROMPT2LORA_TEST_UNSET_TOKEN",
+        ])
         .arg(adapter())
         .env_remove("PROMPT2LORA_TEST_UNSET_TOKEN")
         .output()

@@ -54,8 +54,14 @@ pub fn save(dir: &Path, student: &Student, meta: &AdapterMeta, task: Option<&Tas
             }
         }
     }
-    tensors.insert(format!("{PEFT_PREFIX}classifier.weight"), student.head.weight.as_tensor().clone());
-    tensors.insert(format!("{PEFT_PREFIX}classifier.bias"), student.head.bias.as_tensor().clone());
+    tensors.insert(
+        format!("{PEFT_PREFIX}classifier.weight"),
+        student.head.weight.as_tensor().clone(),
+    );
+    tensors.insert(
+        format!("{PEFT_PREFIX}classifier.bias"),
+        student.head.bias.as_tensor().clone(),
+    );
     let mut metadata = HashMap::new();
     metadata.insert("format".to_string(), "pt".to_string());
     save_safetensors(&tensors, Some(metadata), &dir.join(WEIGHTS_FILE))?;
@@ -75,7 +81,14 @@ pub fn save(dir: &Path, student: &Student, meta: &AdapterMeta, task: Option<&Tas
 /// adapted; the head is in `modules_to_save`, so PEFT restores it instead of leaving a fresh one.
 fn peft_config(meta: &AdapterMeta) -> serde_json::Value {
     let targets: Vec<&str> = if meta.targets.iter().any(|t| t == crate::lora::ALL_LINEAR) {
-        vec!["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+        vec![
+            "query",
+            "key",
+            "value",
+            "attention.output.dense",
+            "intermediate.dense",
+            "output.dense",
+        ]
     } else {
         meta.targets.iter().map(String::as_str).collect()
     };
@@ -104,8 +117,12 @@ fn peft_config(meta: &AdapterMeta) -> serde_json::Value {
 
 fn write_labels(dir: &Path, meta: &AdapterMeta) -> Result<()> {
     let mut value = serde_json::to_value(meta).map_err(|e| Error::Model(e.to_string()))?;
-    let id2label: serde_json::Map<String, serde_json::Value> =
-        meta.labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone().into())).collect();
+    let id2label: serde_json::Map<String, serde_json::Value> = meta
+        .labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i.to_string(), l.clone().into()))
+        .collect();
     value["id2label"] = id2label.into();
     write_json(&dir.join(LABELS_FILE), &value)
 }
@@ -116,7 +133,11 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-fn save_safetensors(tensors: &HashMap<String, Tensor>, metadata: Option<HashMap<String, String>>, path: &Path) -> Result<()> {
+fn save_safetensors(
+    tensors: &HashMap<String, Tensor>,
+    metadata: Option<HashMap<String, String>>,
+    path: &Path,
+) -> Result<()> {
     let mut views = Vec::with_capacity(tensors.len());
     let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, tensor) in tensors {
@@ -125,8 +146,9 @@ fn save_safetensors(tensors: &HashMap<String, Tensor>, metadata: Option<HashMap<
         buffers.push((name.clone(), tensor.dims().to_vec(), bytes));
     }
     for (name, shape, bytes) in &buffers {
-        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-            .map_err(|e| Error::Model(e.to_string()))?;
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map_err(|e| Error::Model(e.to_string()))?;
         views.push((name.clone(), view));
     }
     let bytes = safetensors::serialize(views, metadata).map_err(|e| Error::Model(e.to_string()))?;
@@ -156,52 +178,93 @@ pub fn load(dir: &Path) -> Result<Loaded> {
     }
     let base = BaseModel::resolve(&meta.student)
         .or_else(|_| BaseModel::resolve(&meta.base_model))
-        .map_err(|e| Error::Model(format!("{}: base model `{}`: {e}", dir.display(), meta.student)))?;
+        .map_err(|e| {
+            Error::Model(format!(
+                "{}: base model `{}`: {e}",
+                dir.display(),
+                meta.student
+            ))
+        })?;
     let mut encoder = base.load_encoder()?;
     let (rank, alpha) = read_peft_config(dir)?;
     let path = dir.join(WEIGHTS_FILE);
     let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
         .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
     let find = |name: &str| {
-        [format!("{PEFT_PREFIX}{ENCODER_PREFIX}{name}"), format!("{PEFT_PREFIX}{name}")]
-            .into_iter()
-            .find_map(|k| tensors.get(&k).cloned())
+        [
+            format!("{PEFT_PREFIX}{ENCODER_PREFIX}{name}"),
+            format!("{PEFT_PREFIX}{name}"),
+        ]
+        .into_iter()
+        .find_map(|k| tensors.get(&k).cloned())
     };
     let mut adapted = 0;
     for (l, layer) in encoder.layers.iter_mut().enumerate() {
         for (m, linear) in layer.linears_mut().into_iter().enumerate() {
             let name = module_name(l, m);
-            if let (Some(a), Some(b)) = (find(&format!("{name}.lora_A.weight")), find(&format!("{name}.lora_B.weight"))) {
+            if let (Some(a), Some(b)) = (
+                find(&format!("{name}.lora_A.weight")),
+                find(&format!("{name}.lora_B.weight")),
+            ) {
                 let scale = (alpha / a.dim(0)? as f64) as f32;
-                linear.lora = Some(Lora { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, scale });
+                linear.lora = Some(Lora {
+                    a: Var::from_tensor(&a)?,
+                    b: Var::from_tensor(&b)?,
+                    scale,
+                });
                 linear.merge()?;
                 adapted += 1;
             }
         }
     }
     if adapted == 0 {
-        return Err(Error::Model(format!("{}: no LoRA weights found", path.display())));
+        return Err(Error::Model(format!(
+            "{}: no LoRA weights found",
+            path.display()
+        )));
     }
     tracing::debug!("merged {adapted} adapters of rank {rank} into {}", base.id);
-    let weight = tensors.get(&format!("{PEFT_PREFIX}classifier.weight")).cloned();
-    let bias = tensors.get(&format!("{PEFT_PREFIX}classifier.bias")).cloned();
+    let weight = tensors
+        .get(&format!("{PEFT_PREFIX}classifier.weight"))
+        .cloned();
+    let bias = tensors
+        .get(&format!("{PEFT_PREFIX}classifier.bias"))
+        .cloned();
     let head = head_from(weight, bias, &path, meta.labels.len())?;
-    Ok(Loaded { student: Student { encoder, pooling: meta.pooling, head }, base, meta })
+    Ok(Loaded {
+        student: Student {
+            encoder,
+            pooling: meta.pooling,
+            head,
+        },
+        base,
+        meta,
+    })
 }
 
 fn read_peft_config(dir: &Path) -> Result<(usize, f64)> {
     let path = dir.join(CONFIG_FILE);
     let text = fs_err::read_to_string(&path)?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
-    let r = value["r"].as_u64().ok_or_else(|| Error::Model(format!("{}: no `r`", path.display())))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
+    let r = value["r"]
+        .as_u64()
+        .ok_or_else(|| Error::Model(format!("{}: no `r`", path.display())))?;
     let alpha = value["lora_alpha"].as_f64().unwrap_or(r as f64);
     Ok((r as usize, alpha))
 }
 
-fn head_from(weight: Option<Tensor>, bias: Option<Tensor>, path: &Path, labels: usize) -> Result<Head> {
+fn head_from(
+    weight: Option<Tensor>,
+    bias: Option<Tensor>,
+    path: &Path,
+    labels: usize,
+) -> Result<Head> {
     let (Some(weight), Some(bias)) = (weight, bias) else {
-        return Err(Error::Model(format!("{}: the classification head is missing", path.display())));
+        return Err(Error::Model(format!(
+            "{}: the classification head is missing",
+            path.display()
+        )));
     };
     if weight.dim(0)? != labels {
         return Err(Error::Model(format!(
@@ -210,17 +273,32 @@ fn head_from(weight: Option<Tensor>, bias: Option<Tensor>, path: &Path, labels: 
             weight.dim(0)?
         )));
     }
-    Ok(Head { weight: Var::from_tensor(&weight)?, bias: Var::from_tensor(&bias)? })
+    Ok(Head {
+        weight: Var::from_tensor(&weight)?,
+        bias: Var::from_tensor(&bias)?,
+    })
 }
 
 /// Writes full weights with the adapters folded in (`model.safetensors`, Hugging Face names,
 /// plus `classifier.*`), with the base model's config and tokenizer and `labels.json`, so that
 /// inference needs no base model and no merge step.
-pub fn save_merged(dir: &Path, student: &Student, meta: &AdapterMeta, base: &BaseModel) -> Result<()> {
+pub fn save_merged(
+    dir: &Path,
+    student: &Student,
+    meta: &AdapterMeta,
+    base: &BaseModel,
+) -> Result<()> {
     fs_err::create_dir_all(dir)?;
-    let mut tensors: HashMap<String, Tensor> = student.encoder.merged_tensors()?.into_iter().collect();
-    tensors.insert("classifier.weight".into(), student.head.weight.as_tensor().clone());
-    tensors.insert("classifier.bias".into(), student.head.bias.as_tensor().clone());
+    let mut tensors: HashMap<String, Tensor> =
+        student.encoder.merged_tensors()?.into_iter().collect();
+    tensors.insert(
+        "classifier.weight".into(),
+        student.head.weight.as_tensor().clone(),
+    );
+    tensors.insert(
+        "classifier.bias".into(),
+        student.head.bias.as_tensor().clone(),
+    );
     save_safetensors(&tensors, None, &dir.join(MERGED_WEIGHTS_FILE))?;
     fs_err::copy(base.dir.join("config.json"), dir.join("config.json"))?;
     fs_err::copy(base.dir.join("tokenizer.json"), dir.join("tokenizer.json"))?;
@@ -231,13 +309,29 @@ fn load_merged(dir: &Path, meta: AdapterMeta) -> Result<Loaded> {
     let base = BaseModel::from_dir(&meta.student, &meta.base_model, dir)?;
     let weights = Weights::load(dir)?;
     let encoder = base.load_encoder()?;
-    let head = head_from(weights.get("classifier.weight").ok(), weights.get("classifier.bias").ok(), &dir.join(MERGED_WEIGHTS_FILE), meta.labels.len())?;
-    Ok(Loaded { student: Student { encoder, pooling: meta.pooling, head }, base, meta })
+    let head = head_from(
+        weights.get("classifier.weight").ok(),
+        weights.get("classifier.bias").ok(),
+        &dir.join(MERGED_WEIGHTS_FILE),
+        meta.labels.len(),
+    )?;
+    Ok(Loaded {
+        student: Student {
+            encoder,
+            pooling: meta.pooling,
+            head,
+        },
+        base,
+        meta,
+    })
 }
 
 /// Names every module of [`LINEAR_MODULES`] may carry in an adapter file, for documentation and
 /// tests.
 pub fn peft_key(layer: usize, module: usize, matrix: char) -> String {
     debug_assert!(module < LINEAR_MODULES.len());
-    format!("{PEFT_PREFIX}{ENCODER_PREFIX}{}.lora_{matrix}.weight", module_name(layer, module))
+    format!(
+        "{PEFT_PREFIX}{ENCODER_PREFIX}{}.lora_{matrix}.weight",
+        module_name(layer, module)
+    )
 }

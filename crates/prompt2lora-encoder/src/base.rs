@@ -24,7 +24,9 @@ impl BaseModel {
     pub fn resolve(name: &str) -> Result<Self> {
         let files = prompt2lora_hub::resolve(name).map_err(|e| Error::Model(e.to_string()))?;
         let dir = files.dir.ok_or_else(|| {
-            Error::Model(format!("model `{name}` is not an encoder (no Hugging Face folder)"))
+            Error::Model(format!(
+                "model `{name}` is not an encoder (no Hugging Face folder)"
+            ))
         })?;
         Self::from_dir(name, &files.id, &dir)
     }
@@ -47,6 +49,11 @@ impl BaseModel {
 
     pub fn text_encoder(&self, max_length: usize) -> Result<TextEncoder> {
         let max_length = max_length.min(self.config.max_position_embeddings);
-        TextEncoder::load(&self.dir.join("tokenizer.json"), max_length, query_prefix(&self.id), self.config.pad_token_id)
+        TextEncoder::load(
+            &self.dir.join("tokenizer.json"),
+            max_length,
+            query_prefix(&self.id),
+            self.config.pad_token_id,
+        )
     }
 }

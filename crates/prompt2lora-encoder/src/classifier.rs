@@ -5,10 +5,10 @@ use std::path::Path;
 
 use prompt2lora_core::{Classifier, ModelResult};
 
+use crate::Result;
 use crate::adapter;
 use crate::model::{Student, rows};
 use crate::tokenize::TextEncoder;
-use crate::Result;
 
 /// Messages per forward pass.
 const BATCH_SIZE: usize = 32;

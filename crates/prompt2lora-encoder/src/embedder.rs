@@ -3,10 +3,10 @@
 
 use prompt2lora_core::{Embedder, ModelResult};
 
+use crate::Result;
 use crate::base::BaseModel;
 use crate::model::{Encoder, Pooling, normalize_rows, rows};
 use crate::tokenize::TextEncoder;
-use crate::Result;
 
 /// Texts per forward pass.
 const BATCH_SIZE: usize = 64;

@@ -7,24 +7,48 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use prompt2lora_core::Sample;
 use rand::{Rng, SeedableRng};
+use tokenizers::Tokenizer;
 use tokenizers::models::wordlevel::WordLevel;
 use tokenizers::normalizers::Lowercase;
 use tokenizers::pre_tokenizers::whitespace::Whitespace;
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::Tokenizer;
 
 use crate::model::NormalSampler;
 use crate::{Error, Result};
 
 /// Intents of the toy task and the words that mark them.
 pub const TOY_INTENTS: [(&str, &[&str]); 3] = [
-    ("weather", &["rain", "sunny", "forecast", "cold", "wind", "snow", "umbrella", "storm"]),
-    ("music", &["play", "song", "album", "band", "guitar", "playlist", "jazz", "loud"]),
-    ("booking", &["table", "restaurant", "reserve", "dinner", "seats", "tonight", "book", "menu"]),
+    (
+        "weather",
+        &[
+            "rain", "sunny", "forecast", "cold", "wind", "snow", "umbrella", "storm",
+        ],
+    ),
+    (
+        "music",
+        &[
+            "play", "song", "album", "band", "guitar", "playlist", "jazz", "loud",
+        ],
+    ),
+    (
+        "booking",
+        &[
+            "table",
+            "restaurant",
+            "reserve",
+            "dinner",
+            "seats",
+            "tonight",
+            "book",
+            "menu",
+        ],
+    ),
 ];
 
 /// Words shared by all intents.
-const FILLER: [&str; 10] = ["please", "the", "a", "for", "me", "now", "can", "you", "my", "some"];
+const FILLER: [&str; 10] = [
+    "please", "the", "a", "for", "me", "now", "can", "you", "my", "some",
+];
 
 /// Sizes of the tiny model.
 #[derive(Debug, Clone, Copy)]
@@ -39,15 +63,27 @@ pub struct TinySize {
 
 impl Default for TinySize {
     fn default() -> Self {
-        TinySize { hidden: 32, layers: 2, heads: 4, intermediate: 64, std: 0.1 }
+        TinySize {
+            hidden: 32,
+            layers: 2,
+            heads: 4,
+            intermediate: 64,
+            std: 0.1,
+        }
     }
 }
 
 /// Writes a random BERT model with a word-level tokenizer over the toy vocabulary to `dir`.
 pub fn write_tiny_model(dir: &Path, size: TinySize, seed: u64) -> Result<()> {
     fs_err::create_dir_all(dir)?;
-    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"].map(String::from).to_vec();
-    vocab.extend(TOY_INTENTS.iter().flat_map(|(_, words)| words.iter().map(|w| w.to_string())));
+    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+        .map(String::from)
+        .to_vec();
+    vocab.extend(
+        TOY_INTENTS
+            .iter()
+            .flat_map(|(_, words)| words.iter().map(|w| w.to_string())),
+    );
     vocab.extend(FILLER.iter().map(|w| w.to_string()));
     write_tokenizer(&dir.join("tokenizer.json"), &vocab)?;
 
@@ -68,7 +104,10 @@ pub fn write_tiny_model(dir: &Path, size: TinySize, seed: u64) -> Result<()> {
         "layer_norm_eps": 1e-12,
         "pad_token_id": 0
     });
-    fs_err::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap_or_default())?;
+    fs_err::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config).unwrap_or_default(),
+    )?;
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
@@ -85,9 +124,21 @@ pub fn write_tiny_model(dir: &Path, size: TinySize, seed: u64) -> Result<()> {
         tensors.insert(name, Tensor::from_vec(values, shape, &Device::Cpu)?);
         Ok(())
     };
-    add("embeddings.word_embeddings.weight".into(), &[vocab.len(), h], Init::Normal)?;
-    add("embeddings.position_embeddings.weight".into(), &[max_positions, h], Init::Normal)?;
-    add("embeddings.token_type_embeddings.weight".into(), &[2, h], Init::Normal)?;
+    add(
+        "embeddings.word_embeddings.weight".into(),
+        &[vocab.len(), h],
+        Init::Normal,
+    )?;
+    add(
+        "embeddings.position_embeddings.weight".into(),
+        &[max_positions, h],
+        Init::Normal,
+    )?;
+    add(
+        "embeddings.token_type_embeddings.weight".into(),
+        &[2, h],
+        Init::Normal,
+    )?;
     add("embeddings.LayerNorm.weight".into(), &[h], Init::One)?;
     add("embeddings.LayerNorm.bias".into(), &[h], Init::Small)?;
     for l in 0..size.layers {
@@ -120,14 +171,20 @@ enum Init {
 }
 
 fn write_tokenizer(path: &Path, vocab: &[String]) -> Result<()> {
-    let map: HashMap<String, u32> = vocab.iter().enumerate().map(|(i, w)| (w.clone(), i as u32)).collect();
+    let map: HashMap<String, u32> = vocab
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.clone(), i as u32))
+        .collect();
     let model = WordLevel::builder()
         .vocab(map.into_iter().collect())
         .unk_token("[UNK]".into())
         .build()
         .map_err(|e| Error::Model(e.to_string()))?;
     let mut tokenizer = Tokenizer::new(model);
-    tokenizer.with_normalizer(Some(Lowercase)).map_err(|e| Error::Model(e.to_string()))?;
+    tokenizer
+        .with_normalizer(Some(Lowercase))
+        .map_err(|e| Error::Model(e.to_string()))?;
     tokenizer.with_pre_tokenizer(Some(Whitespace {}));
     let template = TemplateProcessing::builder()
         .try_single("[CLS] $A [SEP]")
@@ -136,7 +193,9 @@ fn write_tokenizer(path: &Path, vocab: &[String]) -> Result<()> {
         .build()
         .map_err(|e| Error::Model(e.to_string()))?;
     tokenizer.with_post_processor(Some(template));
-    tokenizer.save(path, false).map_err(|e| Error::Model(e.to_string()))?;
+    tokenizer
+        .save(path, false)
+        .map_err(|e| Error::Model(e.to_string()))?;
     Ok(())
 }
 

@@ -20,12 +20,24 @@ pub(crate) struct MatRef<'a> {
 impl<'a> MatRef<'a> {
     /// A dense row-major matrix.
     pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        MatRef { data, rows, cols, row_stride: cols, col_stride: 1 }
+        MatRef {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
     }
 
     /// A block of columns `col..col + cols` of a row-major matrix with `stride` columns.
     pub fn block(data: &'a [f32], rows: usize, col: usize, cols: usize, stride: usize) -> Self {
-        MatRef { data: &data[col..], rows, cols, row_stride: stride, col_stride: 1 }
+        MatRef {
+            data: &data[col..],
+            rows,
+            cols,
+            row_stride: stride,
+            col_stride: 1,
+        }
     }
 
     pub fn t(self) -> Self {
@@ -62,9 +74,18 @@ pub(crate) fn matmul(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(a.data.len() > a.last_index() || k == 0, "matmul lhs out of bounds");
-    assert!(b.data.len() > b.last_index() || k == 0, "matmul rhs out of bounds");
-    assert!(dst_stride >= n && dst.len() >= (m - 1) * dst_stride + n, "matmul dst out of bounds");
+    assert!(
+        a.data.len() > a.last_index() || k == 0,
+        "matmul lhs out of bounds"
+    );
+    assert!(
+        b.data.len() > b.last_index() || k == 0,
+        "matmul rhs out of bounds"
+    );
+    assert!(
+        dst_stride >= n && dst.len() >= (m - 1) * dst_stride + n,
+        "matmul dst out of bounds"
+    );
     if k == 0 {
         if !accumulate {
             for row in dst.chunks_mut(dst_stride).take(m) {
@@ -78,7 +99,10 @@ pub(crate) fn matmul(
     } else {
         Parallelism::None
     };
-    #[expect(unsafe_code, reason = "gemm takes raw pointers; every bound is asserted above")]
+    #[expect(
+        unsafe_code,
+        reason = "gemm takes raw pointers; every bound is asserted above"
+    )]
     // SAFETY: the asserts above keep every index of the three strided views inside their
     // slices, and `dst` is borrowed mutably, so it aliases neither input.
     unsafe {
@@ -141,24 +165,26 @@ pub(crate) fn layer_norm(
     use rayon::prelude::*;
     let width = gamma.len();
     let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(width * ROWS_PER_TASK).enumerate().for_each(|(task, chunk)| {
-        for (i, row) in chunk.chunks_mut(width).enumerate() {
-            let start = (task * ROWS_PER_TASK + i) * width;
-            let xs = &x[start..start + width];
-            match residual {
-                Some(r) => {
-                    for ((o, a), b) in row.iter_mut().zip(xs).zip(&r[start..start + width]) {
-                        *o = a + b;
+    out.par_chunks_mut(width * ROWS_PER_TASK)
+        .enumerate()
+        .for_each(|(task, chunk)| {
+            for (i, row) in chunk.chunks_mut(width).enumerate() {
+                let start = (task * ROWS_PER_TASK + i) * width;
+                let xs = &x[start..start + width];
+                match residual {
+                    Some(r) => {
+                        for ((o, a), b) in row.iter_mut().zip(xs).zip(&r[start..start + width]) {
+                            *o = a + b;
+                        }
                     }
+                    None => row.copy_from_slice(xs),
                 }
-                None => row.copy_from_slice(xs),
+                let (mean, inv_std) = moments(row, eps);
+                for ((o, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+                    *o = (*o - mean) * inv_std * g + b;
+                }
             }
-            let (mean, inv_std) = moments(row, eps);
-            for ((o, g), b) in row.iter_mut().zip(gamma).zip(beta) {
-                *o = (*o - mean) * inv_std * g + b;
-            }
-        }
-    });
+        });
     out
 }
 
@@ -180,28 +206,30 @@ pub(crate) fn layer_norm_backward(
     use rayon::prelude::*;
     let width = gamma.len();
     let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(width * ROWS_PER_TASK).enumerate().for_each(|(task, chunk)| {
-        let mut xhat = vec![0f32; width];
-        for (i, row) in chunk.chunks_mut(width).enumerate() {
-            let start = (task * ROWS_PER_TASK + i) * width;
-            for (j, h) in xhat.iter_mut().enumerate() {
-                *h = x[start + j] + residual.map_or(0.0, |r| r[start + j]);
+    out.par_chunks_mut(width * ROWS_PER_TASK)
+        .enumerate()
+        .for_each(|(task, chunk)| {
+            let mut xhat = vec![0f32; width];
+            for (i, row) in chunk.chunks_mut(width).enumerate() {
+                let start = (task * ROWS_PER_TASK + i) * width;
+                for (j, h) in xhat.iter_mut().enumerate() {
+                    *h = x[start + j] + residual.map_or(0.0, |r| r[start + j]);
+                }
+                let (mean, inv_std) = moments(&xhat, eps);
+                let g = &grad[start..start + width];
+                let (mut sum_gg, mut sum_ggx) = (0f32, 0f32);
+                for j in 0..width {
+                    xhat[j] = (xhat[j] - mean) * inv_std;
+                    let gg = g[j] * gamma[j];
+                    sum_gg += gg;
+                    sum_ggx += gg * xhat[j];
+                }
+                let n = width as f32;
+                for j in 0..width {
+                    row[j] = inv_std * (g[j] * gamma[j] - sum_gg / n - xhat[j] * sum_ggx / n);
+                }
             }
-            let (mean, inv_std) = moments(&xhat, eps);
-            let g = &grad[start..start + width];
-            let (mut sum_gg, mut sum_ggx) = (0f32, 0f32);
-            for j in 0..width {
-                xhat[j] = (xhat[j] - mean) * inv_std;
-                let gg = g[j] * gamma[j];
-                sum_gg += gg;
-                sum_ggx += gg * xhat[j];
-            }
-            let n = width as f32;
-            for j in 0..width {
-                row[j] = inv_std * (g[j] * gamma[j] - sum_gg / n - xhat[j] * sum_ggx / n);
-            }
-        }
-    });
+        });
     out
 }
 
@@ -209,11 +237,13 @@ pub(crate) fn layer_norm_backward(
 pub(crate) fn gelu(x: &[f32]) -> Vec<f32> {
     use rayon::prelude::*;
     let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(o, x)| {
-        for (o, &v) in o.iter_mut().zip(x) {
-            *o = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
-        }
-    });
+    out.par_chunks_mut(4096)
+        .zip(x.par_chunks(4096))
+        .for_each(|(o, x)| {
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+            }
+        });
     out
 }
 
@@ -221,15 +251,16 @@ pub(crate) fn gelu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
     use rayon::prelude::*;
     const INV_SQRT_2PI: f32 = 0.398_942_3;
     let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(4096).zip(x.par_chunks(4096)).zip(grad.par_chunks(4096)).for_each(
-        |((o, x), g)| {
+    out.par_chunks_mut(4096)
+        .zip(x.par_chunks(4096))
+        .zip(grad.par_chunks(4096))
+        .for_each(|((o, x), g)| {
             for ((o, &v), &g) in o.iter_mut().zip(x).zip(g) {
                 let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
                 let pdf = INV_SQRT_2PI * (-0.5 * v * v).exp();
                 *o = g * (cdf + v * pdf);
             }
-        },
-    );
+        });
     out
 }
 
@@ -261,14 +292,38 @@ mod tests {
         let a = [1., 2., 3., 4., 5., 6.];
         let bt = [1., 0., 1., 0., 1., 0.];
         let mut dst = [0f32; 4];
-        matmul(&mut dst, 2, MatRef::new(&a, 2, 3), MatRef::new(&bt, 2, 3).t(), false, 1.0, true);
+        matmul(
+            &mut dst,
+            2,
+            MatRef::new(&a, 2, 3),
+            MatRef::new(&bt, 2, 3).t(),
+            false,
+            1.0,
+            true,
+        );
         assert_eq!(dst, [4., 2., 10., 5.]);
-        matmul(&mut dst, 2, MatRef::new(&a, 2, 3), MatRef::new(&bt, 2, 3).t(), true, 0.5, false);
+        matmul(
+            &mut dst,
+            2,
+            MatRef::new(&a, 2, 3),
+            MatRef::new(&bt, 2, 3).t(),
+            true,
+            0.5,
+            false,
+        );
         assert_eq!(dst, [6., 3., 15., 7.5]);
         // columns 1..3 of a, times a 2x1 vector
         let mut col = [0f32; 2];
         let v = [1., 1.];
-        matmul(&mut col, 1, MatRef::block(&a, 2, 1, 2, 3), MatRef::new(&v, 2, 1), false, 1.0, false);
+        matmul(
+            &mut col,
+            1,
+            MatRef::block(&a, 2, 1, 2, 3),
+            MatRef::new(&v, 2, 1),
+            false,
+            1.0,
+            false,
+        );
         assert_eq!(col, [5., 11.]);
     }
 
@@ -297,7 +352,11 @@ mod tests {
             plus[i] += 1e-2;
             minus[i] -= 1e-2;
             let numeric = (loss(&plus) - loss(&minus)) / 2e-2;
-            assert!((numeric - analytic[i]).abs() < 2e-3, "{i}: {numeric} vs {}", analytic[i]);
+            assert!(
+                (numeric - analytic[i]).abs() < 2e-3,
+                "{i}: {numeric} vs {}",
+                analytic[i]
+            );
         }
     }
 
@@ -308,7 +367,11 @@ mod tests {
         let analytic = gelu_backward(&x, &ones);
         for i in 0..x.len() {
             let numeric = (gelu(&[x[i] + 1e-3])[0] - gelu(&[x[i] - 1e-3])[0]) / 2e-3;
-            assert!((numeric - analytic[i]).abs() < 2e-3, "{i}: {numeric} vs {}", analytic[i]);
+            assert!(
+                (numeric - analytic[i]).abs() < 2e-3,
+                "{i}: {numeric} vs {}",
+                analytic[i]
+            );
         }
         assert!((gelu(&[1.0])[0] - 0.841_344_7).abs() < 1e-6);
     }

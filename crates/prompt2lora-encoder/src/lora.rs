@@ -28,9 +28,9 @@ impl LoraSpec {
     /// Whether the module at `name` (`encoder.layer.3.attention.self.query`) gets an adapter, by
     /// PEFT's rule: the name equals a target or ends with `.target`.
     pub fn targets_module(&self, name: &str) -> bool {
-        self.targets.iter().any(|t| {
-            t == ALL_LINEAR || name == t || name.ends_with(&format!(".{t}"))
-        })
+        self.targets
+            .iter()
+            .any(|t| t == ALL_LINEAR || name == t || name.ends_with(&format!(".{t}")))
     }
 }
 
@@ -47,11 +47,12 @@ pub fn attach(encoder: &mut Encoder, spec: &LoraSpec, rng: &mut impl Rng) -> Res
     }
     for target in &spec.targets {
         let matched = target == ALL_LINEAR
-            || (0..encoder.layers.len())
-                .any(|l| (0..LINEAR_MODULES.len()).any(|m| {
+            || (0..encoder.layers.len()).any(|l| {
+                (0..LINEAR_MODULES.len()).any(|m| {
                     let name = module_name(l, m);
                     name == *target || name.ends_with(&format!(".{target}"))
-                }));
+                })
+            });
         if !matched {
             return Err(Error::Settings(format!(
                 "LoRA target `{target}` matches no module; use names like query, key, value, dense, \
@@ -66,10 +67,16 @@ pub fn attach(encoder: &mut Encoder, spec: &LoraSpec, rng: &mut impl Rng) -> Res
             }
             let (out_dim, in_dim) = (linear.out_dim(), linear.in_dim());
             let bound = 1.0 / (in_dim as f32).sqrt();
-            let a: Vec<f32> = (0..spec.rank * in_dim).map(|_| rng.random_range(-bound..bound)).collect();
+            let a: Vec<f32> = (0..spec.rank * in_dim)
+                .map(|_| rng.random_range(-bound..bound))
+                .collect();
             let a = Tensor::from_vec(a, (spec.rank, in_dim), &Device::Cpu)?;
             let b = Tensor::zeros((out_dim, spec.rank), DType::F32, &Device::Cpu)?;
-            linear.lora = Some(Lora { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, scale: spec.scale() });
+            linear.lora = Some(Lora {
+                a: Var::from_tensor(&a)?,
+                b: Var::from_tensor(&b)?,
+                scale: spec.scale(),
+            });
         }
     }
     Ok(())
@@ -93,5 +100,8 @@ pub fn lora_vars(encoder: &Encoder) -> Vec<(String, Var)> {
 
 /// Index of the lowest layer with an adapter, if any.
 pub fn lowest_adapted_layer(encoder: &Encoder) -> Option<usize> {
-    encoder.layers.iter().position(|layer| layer.linears().iter().any(|l| l.lora.is_some()))
+    encoder
+        .layers
+        .iter()
+        .position(|layer| layer.linears().iter().any(|l| l.lora.is_some()))
 }

@@ -64,7 +64,10 @@ impl BertConfig {
                 config.hidden_act
             )));
         }
-        if config.hidden_size % config.num_attention_heads != 0 {
+        if !config
+            .hidden_size
+            .is_multiple_of(config.num_attention_heads)
+        {
             return Err(Error::Model(format!(
                 "{}: hidden_size {} is not a multiple of num_attention_heads {}",
                 path.display(),
@@ -101,11 +104,17 @@ impl Weights {
                 dir.display()
             )));
         };
-        Ok(Weights { tensors, source: path.display().to_string() })
+        Ok(Weights {
+            tensors,
+            source: path.display().to_string(),
+        })
     }
 
     pub fn from_map(tensors: HashMap<String, Tensor>, source: impl Into<String>) -> Self {
-        Weights { tensors, source: source.into() }
+        Weights {
+            tensors,
+            source: source.into(),
+        }
     }
 
     /// The tensor `name` (or `bert.name`), as f32.
@@ -129,8 +138,12 @@ pub(crate) struct Norm {
 
 impl Norm {
     fn load(weights: &Weights, prefix: &str, eps: f64) -> Result<Self> {
-        let gamma = weights.get(&format!("{prefix}.weight")).or_else(|_| weights.get(&format!("{prefix}.gamma")))?;
-        let beta = weights.get(&format!("{prefix}.bias")).or_else(|_| weights.get(&format!("{prefix}.beta")))?;
+        let gamma = weights
+            .get(&format!("{prefix}.weight"))
+            .or_else(|_| weights.get(&format!("{prefix}.gamma")))?;
+        let beta = weights
+            .get(&format!("{prefix}.bias"))
+            .or_else(|_| weights.get(&format!("{prefix}.beta")))?;
         Ok(Norm {
             gamma: Arc::new(gamma.to_vec1()?),
             beta: Arc::new(beta.to_vec1()?),
@@ -139,13 +152,23 @@ impl Norm {
     }
 
     fn op(&self) -> AddLayerNorm {
-        AddLayerNorm { gamma: self.gamma.clone(), beta: self.beta.clone(), eps: self.eps }
+        AddLayerNorm {
+            gamma: self.gamma.clone(),
+            beta: self.beta.clone(),
+            eps: self.eps,
+        }
     }
 
     fn tensors(&self, prefix: &str) -> Result<Vec<(String, Tensor)>> {
         Ok(vec![
-            (format!("{prefix}.weight"), Tensor::new(self.gamma.as_slice(), &Device::Cpu)?),
-            (format!("{prefix}.bias"), Tensor::new(self.beta.as_slice(), &Device::Cpu)?),
+            (
+                format!("{prefix}.weight"),
+                Tensor::new(self.gamma.as_slice(), &Device::Cpu)?,
+            ),
+            (
+                format!("{prefix}.bias"),
+                Tensor::new(self.beta.as_slice(), &Device::Cpu)?,
+            ),
         ])
     }
 }
@@ -170,7 +193,10 @@ impl Linear {
     fn load(weights: &Weights, prefix: &str) -> Result<Self> {
         let weight = weights.get(&format!("{prefix}.weight"))?;
         let bias = weights.get(&format!("{prefix}.bias")).ok();
-        Ok(Linear { dense: Dense::new(&weight, bias.as_ref())?, lora: None })
+        Ok(Linear {
+            dense: Dense::new(&weight, bias.as_ref())?,
+            lora: None,
+        })
     }
 
     fn forward(&self, xs: &Tensor, lora_dropout: f32, seed: u64) -> Result<Tensor> {
@@ -178,7 +204,12 @@ impl Linear {
             Some(lora) => xs.apply_op3(
                 lora.a.as_tensor(),
                 lora.b.as_tensor(),
-                LoraLinear { dense: self.dense.clone(), scale: lora.scale, dropout: lora_dropout, seed },
+                LoraLinear {
+                    dense: self.dense.clone(),
+                    scale: lora.scale,
+                    dropout: lora_dropout,
+                    seed,
+                },
             )?,
             None => xs.apply_op1(FrozenLinear(self.dense.clone()))?,
         })
@@ -196,7 +227,13 @@ impl Linear {
     pub fn merged_weight(&self) -> Result<Tensor> {
         let w = &self.dense.weight_tensor;
         Ok(match &self.lora {
-            Some(lora) => (w + lora.b.as_tensor().matmul(lora.a.as_tensor())?.affine(lora.scale as f64, 0.0)?)?,
+            Some(lora) => {
+                (w + lora
+                    .b
+                    .as_tensor()
+                    .matmul(lora.a.as_tensor())?
+                    .affine(lora.scale as f64, 0.0)?)?
+            }
             None => w.clone(),
         })
     }
@@ -250,7 +287,11 @@ impl Layer {
             key: linear(LINEAR_MODULES[1])?,
             value: linear(LINEAR_MODULES[2])?,
             attention_output: linear(LINEAR_MODULES[3])?,
-            attention_norm: Norm::load(weights, &format!("{prefix}.attention.output.LayerNorm"), eps)?,
+            attention_norm: Norm::load(
+                weights,
+                &format!("{prefix}.attention.output.LayerNorm"),
+                eps,
+            )?,
             intermediate: linear(LINEAR_MODULES[4])?,
             output: linear(LINEAR_MODULES[5])?,
             output_norm: Norm::load(weights, &format!("{prefix}.output.LayerNorm"), eps)?,
@@ -259,7 +300,14 @@ impl Layer {
 
     /// The linear layers in the order of [`LINEAR_MODULES`].
     pub fn linears(&self) -> [&Linear; 6] {
-        [&self.query, &self.key, &self.value, &self.attention_output, &self.intermediate, &self.output]
+        [
+            &self.query,
+            &self.key,
+            &self.value,
+            &self.attention_output,
+            &self.intermediate,
+            &self.output,
+        ]
     }
 
     pub fn linears_mut(&mut self) -> [&mut Linear; 6] {
@@ -273,7 +321,14 @@ impl Layer {
         ]
     }
 
-    fn forward(&self, xs: &Tensor, batch: &Batch, mask: &Arc<Vec<f32>>, mode: &Mode, layer: u64) -> Result<Tensor> {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        batch: &Batch,
+        mask: &Arc<Vec<f32>>,
+        mode: &Mode,
+        layer: u64,
+    ) -> Result<Tensor> {
         let seed = |site: u64| kernels::derive_seed(mode.seed, layer * 16 + site);
         let q = self.query.forward(xs, mode.lora_dropout, seed(0))?;
         let k = self.key.forward(xs, mode.lora_dropout, seed(1))?;
@@ -286,10 +341,15 @@ impl Layer {
             seed: seed(3),
         };
         let context = q.apply_op3(&k, &v, attention)?;
-        let attended = self.attention_output.forward(&context, mode.lora_dropout, seed(4))?;
+        let attended = self
+            .attention_output
+            .forward(&context, mode.lora_dropout, seed(4))?;
         let attended = dropout(&attended, mode.hidden_dropout, seed(5))?;
         let xs = attended.apply_op2(xs, self.attention_norm.op())?;
-        let inner = self.intermediate.forward(&xs, mode.lora_dropout, seed(6))?.apply_op1(Gelu)?;
+        let inner = self
+            .intermediate
+            .forward(&xs, mode.lora_dropout, seed(6))?
+            .apply_op1(Gelu)?;
         let out = self.output.forward(&inner, mode.lora_dropout, seed(7))?;
         let out = dropout(&out, mode.hidden_dropout, seed(8))?;
         Ok(out.apply_op2(&xs, self.output_norm.op())?)
@@ -303,8 +363,14 @@ impl Layer {
                 out.push((format!("{prefix}.{name}.bias"), bias));
             }
         }
-        out.extend(self.attention_norm.tensors(&format!("{prefix}.attention.output.LayerNorm"))?);
-        out.extend(self.output_norm.tensors(&format!("{prefix}.output.LayerNorm"))?);
+        out.extend(
+            self.attention_norm
+                .tensors(&format!("{prefix}.attention.output.LayerNorm"))?,
+        );
+        out.extend(
+            self.output_norm
+                .tensors(&format!("{prefix}.output.LayerNorm"))?,
+        );
         Ok(out)
     }
 }
@@ -338,7 +404,12 @@ impl Batch {
             mask.extend(std::iter::repeat_n(1f32, s.len()));
             mask.extend(std::iter::repeat_n(0f32, seq - s.len()));
         }
-        Batch { ids, mask, batch: sequences.len(), seq }
+        Batch {
+            ids,
+            mask,
+            batch: sequences.len(),
+            seq,
+        }
     }
 }
 
@@ -396,17 +467,30 @@ impl Encoder {
         }
         let hidden = self.config.hidden_size;
         let ids = Tensor::from_slice(&batch.ids, batch.ids.len(), &Device::Cpu)?;
-        let words = self.word_embeddings.index_select(&ids, 0)?.reshape((batch.batch, batch.seq, hidden))?;
+        let words = self.word_embeddings.index_select(&ids, 0)?.reshape((
+            batch.batch,
+            batch.seq,
+            hidden,
+        ))?;
         let positions = self.position_embeddings.narrow(0, 0, batch.seq)?;
-        let xs = words.broadcast_add(&positions)?.broadcast_add(&self.token_type_embedding)?;
-        let xs = xs.reshape((batch.batch * batch.seq, hidden))?.contiguous()?;
+        let xs = words
+            .broadcast_add(&positions)?
+            .broadcast_add(&self.token_type_embedding)?;
+        let xs = xs
+            .reshape((batch.batch * batch.seq, hidden))?
+            .contiguous()?;
         Ok(xs.apply_op1(self.embedding_norm.op())?)
     }
 
     /// Last hidden states `[batch * seq, hidden]`. With `dropouts`, dropout acts (training);
     /// without, the pass is deterministic (inference). `embedded` may hold the output of
     /// [`Encoder::embed`] for this batch, computed earlier.
-    pub fn forward(&self, batch: &Batch, dropouts: Option<&Dropouts>, embedded: Option<Tensor>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        batch: &Batch,
+        dropouts: Option<&Dropouts>,
+        embedded: Option<Tensor>,
+    ) -> Result<Tensor> {
         let d = dropouts.copied().unwrap_or_default();
         let mode = Mode {
             hidden_dropout: d.hidden,
@@ -419,8 +503,16 @@ impl Encoder {
             Some(xs) => xs,
             None => self.embed(batch)?,
         };
-        xs = dropout(&xs, mode.hidden_dropout, kernels::derive_seed(mode.seed, u64::MAX))?;
-        let mask: Vec<f32> = batch.mask.iter().map(|&m| if m > 0.0 { 0.0 } else { -1e9 }).collect();
+        xs = dropout(
+            &xs,
+            mode.hidden_dropout,
+            kernels::derive_seed(mode.seed, u64::MAX),
+        )?;
+        let mask: Vec<f32> = batch
+            .mask
+            .iter()
+            .map(|&m| if m > 0.0 { 0.0 } else { -1e9 })
+            .collect();
         let mask = Arc::new(mask);
         for (i, layer) in self.layers.iter().enumerate() {
             xs = layer.forward(&xs, batch, &mask, &mode, i as u64)?;
@@ -431,8 +523,14 @@ impl Encoder {
     /// Full encoder weights with LoRA folded in, under Hugging Face names (no prefix).
     pub fn merged_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = vec![
-            ("embeddings.word_embeddings.weight".to_string(), self.word_embeddings.clone()),
-            ("embeddings.position_embeddings.weight".to_string(), self.position_embeddings.clone()),
+            (
+                "embeddings.word_embeddings.weight".to_string(),
+                self.word_embeddings.clone(),
+            ),
+            (
+                "embeddings.position_embeddings.weight".to_string(),
+                self.position_embeddings.clone(),
+            ),
         ];
         let types = self.token_type_embedding.unsqueeze(0)?;
         let types = types.repeat((self.config.type_vocab_size.max(1), 1))?;
@@ -460,9 +558,15 @@ impl Pooling {
     /// when the folder says nothing.
     pub fn of_model(dir: &Path) -> Pooling {
         let path = dir.join("1_Pooling").join("config.json");
-        let Ok(text) = fs_err::read_to_string(path) else { return Pooling::Mean };
+        let Ok(text) = fs_err::read_to_string(path) else {
+            return Pooling::Mean;
+        };
         let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        if value.get("pooling_mode_cls_token").and_then(|v| v.as_bool()) == Some(true) {
+        if value
+            .get("pooling_mode_cls_token")
+            .and_then(|v| v.as_bool())
+            == Some(true)
+        {
             Pooling::Cls
         } else {
             Pooling::Mean
@@ -476,8 +580,13 @@ impl Pooling {
         Ok(match self {
             Pooling::Cls => xs.narrow(1, 0, 1)?.squeeze(1)?,
             Pooling::Mean => {
-                let mask = Tensor::from_slice(&batch.mask, (batch.batch, batch.seq, 1), &Device::Cpu)?;
-                let counts: Vec<f32> = batch.mask.chunks(batch.seq).map(|m| 1.0 / m.iter().sum::<f32>().max(1.0)).collect();
+                let mask =
+                    Tensor::from_slice(&batch.mask, (batch.batch, batch.seq, 1), &Device::Cpu)?;
+                let counts: Vec<f32> = batch
+                    .mask
+                    .chunks(batch.seq)
+                    .map(|m| 1.0 / m.iter().sum::<f32>().max(1.0))
+                    .collect();
                 let counts = Tensor::from_vec(counts, (batch.batch, 1), &Device::Cpu)?;
                 xs.broadcast_mul(&mask)?.sum(1)?.broadcast_mul(&counts)?
             }
@@ -504,7 +613,9 @@ impl Head {
     pub fn new(labels: usize, hidden: usize, rng: &mut impl rand::Rng) -> Result<Self> {
         use rand::distr::Distribution;
         let normal = NormalSampler;
-        let weight: Vec<f32> = (0..labels * hidden).map(|_| normal.sample(rng) * 0.02).collect();
+        let weight: Vec<f32> = (0..labels * hidden)
+            .map(|_| normal.sample(rng) * 0.02)
+            .collect();
         Ok(Head {
             weight: Var::from_tensor(&Tensor::from_vec(weight, (labels, hidden), &Device::Cpu)?)?,
             bias: Var::from_tensor(&Tensor::zeros(labels, DType::F32, &Device::Cpu)?)?,
@@ -513,7 +624,9 @@ impl Head {
 
     pub fn forward(&self, pooled: &Tensor, dropout_p: f32, seed: u64) -> Result<Tensor> {
         let xs = dropout(&pooled.contiguous()?, dropout_p, seed)?;
-        Ok(xs.matmul(&self.weight.as_tensor().t()?)?.broadcast_add(self.bias.as_tensor())?)
+        Ok(xs
+            .matmul(&self.weight.as_tensor().t()?)?
+            .broadcast_add(self.bias.as_tensor())?)
     }
 }
 
@@ -537,10 +650,17 @@ pub struct Student {
 
 impl Student {
     /// Logits `[batch, labels]`.
-    pub fn forward(&self, batch: &Batch, dropouts: Option<&Dropouts>, embedded: Option<Tensor>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        batch: &Batch,
+        dropouts: Option<&Dropouts>,
+        embedded: Option<Tensor>,
+    ) -> Result<Tensor> {
         let hidden = self.encoder.forward(batch, dropouts, embedded)?;
         let pooled = self.pooling.pool(&hidden, batch)?;
-        let (p, seed) = dropouts.map_or((0.0, 0), |d| (d.hidden, kernels::derive_seed(d.seed, u64::MAX - 1)));
+        let (p, seed) = dropouts.map_or((0.0, 0), |d| {
+            (d.hidden, kernels::derive_seed(d.seed, u64::MAX - 1))
+        });
         self.head.forward(&pooled, p, seed)
     }
 }
@@ -549,4 +669,3 @@ impl Student {
 pub(crate) fn rows(tensor: &Tensor) -> Result<Vec<Vec<f32>>> {
     Ok(tensor.to_dtype(DType::F32)?.to_vec2()?)
 }
-

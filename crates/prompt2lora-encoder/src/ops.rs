@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor,
+};
 
 use crate::kernels::{self, MatRef};
 
@@ -56,7 +58,13 @@ impl Dense {
             Some(b) => Some(Arc::new(with_f32(b, <[f32]>::to_vec)?)),
             None => None,
         };
-        Ok(Dense { weight: Arc::new(w), bias, out_dim, in_dim, weight_tensor })
+        Ok(Dense {
+            weight: Arc::new(w),
+            bias,
+            out_dim,
+            in_dim,
+            weight_tensor,
+        })
     }
 
     /// `x W^T + b` for `rows` rows of `x`.
@@ -124,7 +132,11 @@ impl LoraLinear {
             .iter()
             .enumerate()
             .map(|(i, &v)| {
-                if kernels::keep(self.seed, i as u64, self.dropout) { v * keep_scale } else { 0.0 }
+                if kernels::keep(self.seed, i as u64, self.dropout) {
+                    v * keep_scale
+                } else {
+                    0.0
+                }
             })
             .collect();
         Some(out)
@@ -153,11 +165,22 @@ impl CustomOp3 for LoraLinear {
         let xd = dropped.as_deref().unwrap_or(x);
         let mut h = vec![0f32; rows * rank];
         let xm = MatRef::new(xd, rows, in_dim);
-        kernels::matmul(&mut h, rank, xm, MatRef::new(a, rank, in_dim).t(), false, 1.0, true);
+        kernels::matmul(
+            &mut h,
+            rank,
+            xm,
+            MatRef::new(a, rank, in_dim).t(),
+            false,
+            1.0,
+            true,
+        );
         let bt = MatRef::new(b, self.dense.out_dim, rank).t();
         let hm = MatRef::new(&h, rows, rank);
         kernels::matmul(&mut out, self.dense.out_dim, hm, bt, true, self.scale, true);
-        Ok((CpuStorage::F32(out), Shape::from((rows, self.dense.out_dim))))
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((rows, self.dense.out_dim)),
+        ))
     }
 
     fn bwd(
@@ -171,11 +194,18 @@ impl CustomOp3 for LoraLinear {
         let (rows, in_dim) = x.dims2()?;
         let (rank, _) = a.dims2()?;
         let out_dim = self.dense.out_dim;
-        let (x, a, b, g) = (x.contiguous()?, a.contiguous()?, b.contiguous()?, grad.contiguous()?);
+        let (x, a, b, g) = (
+            x.contiguous()?,
+            a.contiguous()?,
+            b.contiguous()?,
+            grad.contiguous()?,
+        );
         let (dx, da, db) = with_f32(&x, |x| {
             with_f32(&a, |a| {
                 with_f32(&b, |b| {
-                    with_f32(&g, |g| self.backward(x, a, b, g, rows, in_dim, rank, out_dim))
+                    with_f32(&g, |g| {
+                        self.backward(x, a, b, g, rows, in_dim, rank, out_dim)
+                    })
                 })
             })
         })????;
@@ -190,7 +220,10 @@ impl CustomOp3 for LoraLinear {
 type LoraGrads = (Vec<f32>, Vec<f32>, Vec<f32>);
 
 impl LoraLinear {
-    #[expect(clippy::too_many_arguments, reason = "plain slices and their dimensions")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "plain slices and their dimensions"
+    )]
     fn backward(
         &self,
         x: &[f32],
@@ -210,9 +243,25 @@ impl LoraLinear {
         let mut h = vec![0f32; rows * rank];
         kernels::matmul(&mut h, rank, xm, am.t(), false, 1.0, true);
         let mut gb = vec![0f32; rows * rank];
-        kernels::matmul(&mut gb, rank, gm, MatRef::new(b, out_dim, rank), false, 1.0, true);
+        kernels::matmul(
+            &mut gb,
+            rank,
+            gm,
+            MatRef::new(b, out_dim, rank),
+            false,
+            1.0,
+            true,
+        );
         let mut db = vec![0f32; out_dim * rank];
-        kernels::matmul(&mut db, rank, gm.t(), MatRef::new(&h, rows, rank), false, self.scale, true);
+        kernels::matmul(
+            &mut db,
+            rank,
+            gm.t(),
+            MatRef::new(&h, rows, rank),
+            false,
+            self.scale,
+            true,
+        );
         let gbm = MatRef::new(&gb, rows, rank);
         let mut da = vec![0f32; rank * in_dim];
         kernels::matmul(&mut da, in_dim, gbm.t(), xm, false, self.scale, true);
@@ -245,13 +294,21 @@ impl CustomOp1 for AddLayerNorm {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = kernels::layer_norm(slice(storage, layout)?, None, &self.gamma, &self.beta, self.eps);
+        let out = kernels::layer_norm(
+            slice(storage, layout)?,
+            None,
+            &self.gamma,
+            &self.beta,
+            self.eps,
+        );
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let dx = with_f32(arg, |x| {
-            with_f32(grad, |g| kernels::layer_norm_backward(x, None, &self.gamma, self.eps, g))
+            with_f32(grad, |g| {
+                kernels::layer_norm_backward(x, None, &self.gamma, self.eps, g)
+            })
         })??;
         Ok(Some(tensor(dx, arg.shape())?))
     }
@@ -283,7 +340,9 @@ impl CustomOp2 for AddLayerNorm {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dx = with_f32(x, |x| {
             with_f32(residual, |r| {
-                with_f32(grad, |g| kernels::layer_norm_backward(x, Some(r), &self.gamma, self.eps, g))
+                with_f32(grad, |g| {
+                    kernels::layer_norm_backward(x, Some(r), &self.gamma, self.eps, g)
+                })
             })
         })???;
         let dx = tensor(dx, x.shape())?;
@@ -300,7 +359,10 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        Ok((CpuStorage::F32(kernels::gelu(slice(storage, layout)?)), layout.shape().clone()))
+        Ok((
+            CpuStorage::F32(kernels::gelu(slice(storage, layout)?)),
+            layout.shape().clone(),
+        ))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -320,7 +382,13 @@ impl Dropout {
         let scale = 1.0 / (1.0 - self.p);
         x.iter()
             .enumerate()
-            .map(|(i, &v)| if kernels::keep(self.seed, i as u64, self.p) { v * scale } else { 0.0 })
+            .map(|(i, &v)| {
+                if kernels::keep(self.seed, i as u64, self.p) {
+                    v * scale
+                } else {
+                    0.0
+                }
+            })
             .collect()
     }
 }
@@ -331,11 +399,17 @@ impl CustomOp1 for Dropout {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        Ok((CpuStorage::F32(self.apply(slice(storage, layout)?)), layout.shape().clone()))
+        Ok((
+            CpuStorage::F32(self.apply(slice(storage, layout)?)),
+            layout.shape().clone(),
+        ))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(tensor(with_f32(grad, |g| self.apply(g))?, arg.shape())?))
+        Ok(Some(tensor(
+            with_f32(grad, |g| self.apply(g))?,
+            arg.shape(),
+        )?))
     }
 }
 
@@ -353,7 +427,15 @@ pub(crate) struct Attention {
 
 impl Attention {
     /// Softmax probabilities of one (batch, head) into `probs` (`seq x seq`), before dropout.
-    fn probabilities(&self, q: &[f32], k: &[f32], b: usize, h: usize, hidden: usize, probs: &mut [f32]) {
+    fn probabilities(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        b: usize,
+        h: usize,
+        hidden: usize,
+        probs: &mut [f32],
+    ) {
         let (seq, dh) = (self.seq, hidden / self.heads);
         let base = b * seq * hidden;
         let qm = MatRef::block(&q[base..], seq, h * dh, dh, hidden);
@@ -377,7 +459,11 @@ impl Attention {
         let scale = 1.0 / (1.0 - self.dropout);
         let base = ((b * self.heads + h) * self.seq * self.seq) as u64;
         for (i, v) in values.iter_mut().enumerate() {
-            *v = if kernels::keep(self.seed, base + i as u64, self.dropout) { *v * scale } else { 0.0 };
+            *v = if kernels::keep(self.seed, base + i as u64, self.dropout) {
+                *v * scale
+            } else {
+                0.0
+            };
         }
     }
 }
@@ -401,16 +487,18 @@ impl CustomOp3 for Attention {
         let (q, k, v) = (slice(qs, ql)?, slice(ks, kl)?, slice(vs, vl)?);
         let (seq, dh) = (self.seq, hidden / self.heads);
         let mut out = vec![0f32; rows * hidden];
-        out.par_chunks_mut(seq * hidden).enumerate().for_each(|(b, chunk)| {
-            let mut probs = vec![0f32; seq * seq];
-            for h in 0..self.heads {
-                self.probabilities(q, k, b, h, hidden, &mut probs);
-                self.drop(&mut probs, b, h);
-                let vm = MatRef::block(&v[b * seq * hidden..], seq, h * dh, dh, hidden);
-                let pm = MatRef::new(&probs, seq, seq);
-                kernels::matmul(&mut chunk[h * dh..], hidden, pm, vm, false, 1.0, false);
-            }
-        });
+        out.par_chunks_mut(seq * hidden)
+            .enumerate()
+            .for_each(|(b, chunk)| {
+                let mut probs = vec![0f32; seq * seq];
+                for h in 0..self.heads {
+                    self.probabilities(q, k, b, h, hidden, &mut probs);
+                    self.drop(&mut probs, b, h);
+                    let vm = MatRef::block(&v[b * seq * hidden..], seq, h * dh, dh, hidden);
+                    let pm = MatRef::new(&probs, seq, seq);
+                    kernels::matmul(&mut chunk[h * dh..], hidden, pm, vm, false, 1.0, false);
+                }
+            });
         Ok((CpuStorage::F32(out), Shape::from((rows, hidden))))
     }
 
@@ -425,7 +513,9 @@ impl CustomOp3 for Attention {
         let (rows, hidden) = q.dims2()?;
         let (dq, dk, dv) = with_f32(q, |q| {
             with_f32(k, |k| {
-                with_f32(v, |v| with_f32(grad, |g| self.backward(q, k, v, g, rows, hidden)))
+                with_f32(v, |v| {
+                    with_f32(grad, |g| self.backward(q, k, v, g, rows, hidden))
+                })
             })
         })????;
         Ok((
@@ -449,8 +539,11 @@ impl Attention {
         use rayon::prelude::*;
         let (seq, dh) = (self.seq, hidden / self.heads);
         let scale = 1.0 / (dh as f32).sqrt();
-        let (mut dq, mut dk, mut dv) =
-            (vec![0f32; rows * hidden], vec![0f32; rows * hidden], vec![0f32; rows * hidden]);
+        let (mut dq, mut dk, mut dv) = (
+            vec![0f32; rows * hidden],
+            vec![0f32; rows * hidden],
+            vec![0f32; rows * hidden],
+        );
         let chunk = seq * hidden;
         dq.par_chunks_mut(chunk)
             .zip(dk.par_chunks_mut(chunk))

@@ -18,14 +18,26 @@ pub struct TextEncoder {
 impl TextEncoder {
     /// Loads `tokenizer.json`, switches its padding off (batches are padded here, to the longest
     /// message) and truncates to `max_length` tokens including special tokens.
-    pub fn load(path: &Path, max_length: usize, prefix: Option<String>, pad_id: u32) -> Result<Self> {
+    pub fn load(
+        path: &Path,
+        max_length: usize,
+        prefix: Option<String>,
+        pad_id: u32,
+    ) -> Result<Self> {
         let mut tokenizer = Tokenizer::from_file(path)
             .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
         tokenizer.with_padding(None);
         tokenizer
-            .with_truncation(Some(TruncationParams { max_length, ..Default::default() }))
+            .with_truncation(Some(TruncationParams {
+                max_length,
+                ..Default::default()
+            }))
             .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
-        Ok(TextEncoder { tokenizer, prefix, pad_id })
+        Ok(TextEncoder {
+            tokenizer,
+            prefix,
+            pad_id,
+        })
     }
 
     pub fn pad_id(&self) -> u32 {
@@ -42,12 +54,19 @@ impl TextEncoder {
             .tokenizer
             .encode_batch(inputs, true)
             .map_err(|e| Error::Model(format!("tokenizer: {e}")))?;
-        Ok(encodings.into_iter().map(|e| e.get_ids().to_vec()).collect())
+        Ok(encodings
+            .into_iter()
+            .map(|e| e.get_ids().to_vec())
+            .collect())
     }
 
     /// Batches of at most `batch_size` texts, grouped by length so that little padding is
     /// needed; each batch comes with the indices of its texts.
-    pub fn sorted_batches(&self, texts: &[&str], batch_size: usize) -> Result<Vec<(Vec<usize>, Batch)>> {
+    pub fn sorted_batches(
+        &self,
+        texts: &[&str],
+        batch_size: usize,
+    ) -> Result<Vec<(Vec<usize>, Batch)>> {
         let ids = self.encode(texts)?;
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| ids[i].len());

@@ -17,24 +17,37 @@ use prompt2lora_core::{Embedder, ModelResult, Reject, Task};
 use prompt2lora_filter::{FilterOptions, FilterOutcome, filter, read_input};
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let Some(dir) = args.first().map(PathBuf::from) else {
         eprintln!("usage: planted DIR [--embedder NAME] [--sweep] [--limit N] [--no-semantic]");
         std::process::exit(2);
     };
-    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+    };
     let sweep = args.iter().any(|a| a == "--sweep");
     let semantic = !args.iter().any(|a| a == "--no-semantic");
     let limit: Option<usize> = flag("--limit").map(|n| n.parse().expect("--limit N"));
 
     let task = Task::load(&dir.join("task.toml")).expect("task.toml");
-    let embedder_name = flag("--embedder").cloned().unwrap_or_else(|| task.embedder());
+    let embedder_name = flag("--embedder")
+        .cloned()
+        .unwrap_or_else(|| task.embedder());
     let mut input = read_input(&dir.join("samples.jsonl")).expect("samples.jsonl");
     if let Some(limit) = limit {
         input.samples.truncate(limit);
     }
     let truth = Truth::load(&dir.join("truth.jsonl"));
-    println!("# {} samples, {} planted copies, embedder {embedder_name}", input.samples.len(), truth.kind.len());
+    println!(
+        "# {} samples, {} planted copies, embedder {embedder_name}",
+        input.samples.len(),
+        truth.kind.len()
+    );
 
     let texts: Vec<&str> = input.samples.iter().map(|s| s.text.as_str()).collect();
     let cached = semantic.then(|| CachedEmbedder::load_or_compute(&dir, &embedder_name, &texts));
@@ -55,7 +68,10 @@ fn main() {
         rayon::current_num_threads()
     );
     for stage in &outcome.report.funnel {
-        println!("  {:<20} removed {:>6} in {:>7.2} s", stage.stage, stage.removed, stage.seconds);
+        println!(
+            "  {:<20} removed {:>6} in {:>7.2} s",
+            stage.stage, stage.removed, stage.seconds
+        );
     }
     println!("\n| near | semantic | kind | planted | caught | recall |\n|---|---|---|---|---|---|");
     let score = truth.score(&outcome);
@@ -63,14 +79,18 @@ fn main() {
     println!("\nprecision at defaults: {}", score.precision_line());
 
     if sweep {
-        println!("\n| near | semantic | recall exact | recall one-char | recall paraphrase | recall all | precision | false positives |\n|---|---|---|---|---|---|---|---|");
-        for near in [0.6, 0.7, 0.8] {
-            for sem in [0.85, 0.88, 0.9, 0.92, 0.95] {
+        println!(
+            "\n| near | semantic | recall exact | recall one-char | recall paraphrase | recall all | precision | false positives |\n|---|---|---|---|---|---|---|---|"
+        );
+        let semantic_thresholds: &[f64] = if semantic { &[0.85, 0.88, 0.9, 0.92, 0.95] } else { &[1.0] };
+        for near in [0.7, 0.8, 0.85, 0.9, 0.95] {
+            for &sem in semantic_thresholds {
                 let mut options = FilterOptions::from_task(&task);
                 options.settings.near_duplicate_threshold = near;
                 options.settings.semantic_threshold = sem;
                 options.semantic = semantic;
-                let outcome = filter(input.samples.clone(), &task, embedder, &options).expect("filter");
+                let outcome =
+                    filter(input.samples.clone(), &task, embedder, &options).expect("filter");
                 let s = truth.score(&outcome);
                 println!(
                     "| {near} | {sem} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
@@ -95,6 +115,7 @@ struct Truth {
 struct Score {
     planted: HashMap<String, usize>,
     caught: HashMap<String, usize>,
+    credited: std::collections::HashSet<String>,
     true_positives: usize,
     false_positives: Vec<(String, String, String)>,
     by_stage: HashMap<String, usize>,
@@ -115,7 +136,9 @@ impl Truth {
     }
 
     fn group<'a>(&'a self, id: &'a str) -> &'a str {
-        self.kind.get(id).map_or(id, |(original, _)| original.as_str())
+        self.kind
+            .get(id)
+            .map_or(id, |(original, _)| original.as_str())
     }
 
     /// A duplicate reject is right when it and the sample it duplicates are one original and
@@ -140,6 +163,7 @@ impl Truth {
         let mut score = Score {
             planted,
             caught: HashMap::new(),
+            credited: Default::default(),
             true_positives: 0,
             false_positives: Vec::new(),
             by_stage: HashMap::new(),
@@ -149,8 +173,15 @@ impl Truth {
             let other = reject.duplicate_of.as_deref().unwrap_or_default();
             if self.group(id) == self.group(other) {
                 score.true_positives += 1;
-                let copy = if self.kind.contains_key(id) { id } else { other };
-                if let Some((_, kind)) = self.kind.get(copy) {
+                let copy = if self.kind.contains_key(id) {
+                    id
+                } else {
+                    other
+                };
+                // Each copy is credited once, whichever member of its group was removed.
+                if let Some((_, kind)) = self.kind.get(copy)
+                    && score.credited.insert(copy.to_string())
+                {
                     *score.caught.entry(kind.clone()).or_default() += 1;
                 }
                 *score.by_stage.entry(reject.stage.clone()).or_default() += 1;
@@ -162,7 +193,11 @@ impl Truth {
                     .find(|s| s.id == other)
                     .map(|s| s.text.clone())
                     .unwrap_or_default();
-                score.false_positives.push((reject.stage.clone(), reject.sample.text.clone(), kept_text));
+                score.false_positives.push((
+                    reject.stage.clone(),
+                    reject.sample.text.clone(),
+                    kept_text,
+                ));
             }
         }
         score
@@ -170,7 +205,10 @@ impl Truth {
 }
 
 fn is_duplicate_stage(r: &Reject) -> bool {
-    matches!(r.stage.as_str(), "exact_duplicate" | "near_duplicate" | "semantic_duplicate")
+    matches!(
+        r.stage.as_str(),
+        "exact_duplicate" | "near_duplicate" | "semantic_duplicate"
+    )
 }
 
 impl Score {
@@ -235,9 +273,14 @@ impl CachedEmbedder {
     fn load_or_compute(dir: &Path, name: &str, texts: &[&str]) -> CachedEmbedder {
         let file = dir.join(format!("embeddings-{}.bin", name.replace(['/', ':'], "_")));
         let mut rows = read_cache(&file).unwrap_or_default();
-        let missing: Vec<&str> = texts.iter().copied().filter(|t| !rows.contains_key(*t)).collect();
+        let missing: Vec<&str> = texts
+            .iter()
+            .copied()
+            .filter(|t| !rows.contains_key(*t))
+            .collect();
         if !missing.is_empty() {
-            let embedder = prompt2lora_encoder::SentenceEmbedder::load(name, 128).expect("embedder");
+            let embedder =
+                prompt2lora_encoder::SentenceEmbedder::load(name, 128).expect("embedder");
             // Throughput on a fixed slice, before the bulk of the work.
             let probe: Vec<&str> = missing.iter().copied().take(2048).collect();
             let started = Instant::now();
@@ -267,7 +310,12 @@ impl Embedder for CachedEmbedder {
     fn embed(&self, texts: &[&str]) -> ModelResult<Vec<Vec<f32>>> {
         texts
             .iter()
-            .map(|t| self.rows.get(*t).cloned().ok_or_else(|| format!("not in the cache: {t:?}").into()))
+            .map(|t| {
+                self.rows
+                    .get(*t)
+                    .cloned()
+                    .ok_or_else(|| format!("not in the cache: {t:?}").into())
+            })
             .collect()
     }
 }
@@ -278,7 +326,7 @@ fn read_cache(path: &Path) -> Option<HashMap<String, Vec<f32>>> {
     let bytes = std::fs::read(path).ok()?;
     let mut rows = HashMap::new();
     let mut at = 0;
-    let mut u32_at = |at: &mut usize| {
+    let u32_at = |at: &mut usize| {
         let v = u32::from_le_bytes(bytes[*at..*at + 4].try_into().unwrap()) as usize;
         *at += 4;
         v
@@ -288,8 +336,10 @@ fn read_cache(path: &Path) -> Option<HashMap<String, Vec<f32>>> {
         let text = String::from_utf8(bytes[at..at + len].to_vec()).ok()?;
         at += len;
         let dim = u32_at(&mut at);
-        let values =
-            bytes[at..at + 4 * dim].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let values = bytes[at..at + 4 * dim]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         at += 4 * dim;
         rows.insert(text, values);
     }
@@ -302,7 +352,9 @@ fn write_cache(path: &Path, rows: &HashMap<String, Vec<f32>>) {
         out.extend_from_slice(&(text.len() as u32).to_le_bytes());
         out.extend_from_slice(text.as_bytes());
         out.extend_from_slice(&(values.len() as u32).to_le_bytes());
-        values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        values
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
     }
     std::fs::write(path, out).expect("write cache");
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use prompt2lora_core::{Reject, Sample, Task};
 
-use crate::report::{FilterReport, IntentReport};
 use crate::Candidate;
+use crate::report::{FilterReport, IntentReport};
 
 pub(crate) fn count_by_intent(candidates: &[Candidate]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -30,7 +30,10 @@ pub(crate) fn report(
     }
     for intent in task.intent_names() {
         let mut removed = BTreeMap::new();
-        for reject in rejects.iter().filter(|r| r.sample.intent == intent && r.stage != "read") {
+        for reject in rejects
+            .iter()
+            .filter(|r| r.sample.intent == intent && r.stage != "read")
+        {
             *removed.entry(reject.stage.clone()).or_insert(0) += 1;
         }
         let count = after.get(intent.as_str()).copied().unwrap_or(0);

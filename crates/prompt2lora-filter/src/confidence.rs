@@ -33,7 +33,11 @@ pub fn combined(sample: &Sample) -> Option<f64> {
         (signal(sample.label_logprob), WEIGHT_LOGPROB),
         (signal(sample.agreement), WEIGHT_AGREEMENT),
     ];
-    let total: f64 = weighted.iter().filter(|(v, _)| v.is_some()).map(|(_, w)| w).sum();
+    let total: f64 = weighted
+        .iter()
+        .filter(|(v, _)| v.is_some())
+        .map(|(_, w)| w)
+        .sum();
     if total > 0.0 {
         let sum: f64 = weighted.iter().filter_map(|(v, w)| v.map(|v| v * w)).sum();
         return Some(sum / total);
@@ -79,7 +83,10 @@ pub fn bucket(score: f64) -> usize {
 pub(crate) fn run(candidates: Vec<Candidate>, settings: &FilterSettings) -> StageOutput {
     let mut by_intent: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
     for candidate in candidates {
-        by_intent.entry(candidate.sample.intent.clone()).or_default().push(candidate);
+        by_intent
+            .entry(candidate.sample.intent.clone())
+            .or_default()
+            .push(candidate);
     }
     let mut output = StageOutput::new(Vec::new(), Vec::new());
     let mut summaries = Vec::new();
@@ -92,7 +99,10 @@ pub(crate) fn run(candidates: Vec<Candidate>, settings: &FilterSettings) -> Stag
     output.confidence = Some(ConfidenceSummary {
         weight_logprob: WEIGHT_LOGPROB,
         weight_agreement: WEIGHT_AGREEMENT,
-        keep_fraction: settings.min_confidence.is_none().then_some(settings.keep_fraction),
+        keep_fraction: settings
+            .min_confidence
+            .is_none()
+            .then_some(settings.keep_fraction),
         min_confidence: settings.min_confidence,
         intents: summaries,
     });
@@ -105,7 +115,11 @@ fn cut_intent(
     intent: &str,
     group: Vec<Candidate>,
     settings: &FilterSettings,
-) -> (Vec<Candidate>, Vec<prompt2lora_core::Reject>, IntentConfidence) {
+) -> (
+    Vec<Candidate>,
+    Vec<prompt2lora_core::Reject>,
+    IntentConfidence,
+) {
     let (mut scored, unscored): (Vec<Candidate>, Vec<Candidate>) =
         group.into_iter().partition(|c| c.score.is_some());
     let order = crate::rank_order(&scored);
@@ -122,7 +136,9 @@ fn cut_intent(
         Some(threshold) => Some((threshold, f64::NEG_INFINITY)),
         None => {
             let keep = (settings.keep_fraction * scored.len() as f64).ceil() as usize;
-            keep.checked_sub(1).and_then(|last| order.get(last)).map(|&i| key(&scored[i]))
+            keep.checked_sub(1)
+                .and_then(|last| order.get(last))
+                .map(|&i| key(&scored[i]))
         }
     };
     let passes = |c: &Candidate| {
@@ -175,8 +191,18 @@ impl ConfidenceSummary {
     pub fn text_histograms(&self, intents: &[IntentReport]) -> String {
         let order: Vec<&str> = intents.iter().map(|i| i.intent.as_str()).collect();
         let mut rows: Vec<&IntentConfidence> = self.intents.iter().collect();
-        rows.sort_by_key(|r| order.iter().position(|&o| o == r.intent).unwrap_or(usize::MAX));
-        let width = rows.iter().map(|r| r.intent.chars().count()).max().unwrap_or(6).max(6);
+        rows.sort_by_key(|r| {
+            order
+                .iter()
+                .position(|&o| o == r.intent)
+                .unwrap_or(usize::MAX)
+        });
+        let width = rows
+            .iter()
+            .map(|r| r.intent.chars().count())
+            .max()
+            .unwrap_or(6)
+            .max(6);
         let mut out = String::new();
         let rule = match (self.min_confidence, self.keep_fraction) {
             (Some(t), _) => format!("threshold {t:.2}"),
@@ -206,7 +232,12 @@ impl ConfidenceSummary {
 mod tests {
     use super::*;
 
-    fn sample(text: &str, logprob: Option<f64>, agreement: Option<f64>, verbal: Option<f64>) -> Sample {
+    fn sample(
+        text: &str,
+        logprob: Option<f64>,
+        agreement: Option<f64>,
+        verbal: Option<f64>,
+    ) -> Sample {
         let mut s = Sample::new(text, "a");
         s.label_logprob = logprob;
         s.agreement = agreement;
@@ -218,7 +249,10 @@ mod tests {
     fn combined_weighs_logprob_over_agreement_and_falls_back_to_words() {
         let both = combined(&sample("x", Some(0.8), Some(0.4), Some(0.99))).unwrap();
         assert!((both - (0.75 * 0.8 + 0.25 * 0.4)).abs() < 1e-12);
-        assert_eq!(combined(&sample("x", None, Some(0.4), Some(0.9))), Some(0.4));
+        assert_eq!(
+            combined(&sample("x", None, Some(0.4), Some(0.9))),
+            Some(0.4)
+        );
         assert_eq!(combined(&sample("x", None, None, Some(0.9))), Some(0.9));
         assert_eq!(combined(&sample("x", None, None, None)), None);
         assert_eq!(combined(&sample("x", Some(f64::NAN), None, None)), None);

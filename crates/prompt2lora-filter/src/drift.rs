@@ -30,7 +30,9 @@ pub(crate) fn run(candidates: Vec<Candidate>, action: DriftAction) -> StageOutpu
         }
     }
     if relabelled > 0 {
-        output.notes.push(format!("relabelled {relabelled} drifted samples to the teacher's label"));
+        output.notes.push(format!(
+            "relabelled {relabelled} drifted samples to the teacher's label"
+        ));
     }
     output
 }

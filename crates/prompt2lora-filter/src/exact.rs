@@ -11,7 +11,9 @@ use rayon::prelude::*;
 use crate::{Candidate, StageOutput, rank_order};
 
 pub(crate) fn run(mut candidates: Vec<Candidate>) -> StageOutput {
-    candidates.par_iter_mut().for_each(|c| c.normalized = normalize(&c.sample.text));
+    candidates
+        .par_iter_mut()
+        .for_each(|c| c.normalized = normalize(&c.sample.text));
     let order = rank_order(&candidates);
     // normalised text -> index of the kept sample
     let mut first: HashMap<&str, usize> = HashMap::with_capacity(candidates.len());
@@ -26,7 +28,14 @@ pub(crate) fn run(mut candidates: Vec<Candidate>) -> StageOutput {
     }
     let kept_info: Vec<Option<(String, String)>> = duplicate_of
         .iter()
-        .map(|d| d.map(|k| (candidates[k].sample.id.clone(), candidates[k].sample.intent.clone())))
+        .map(|d| {
+            d.map(|k| {
+                (
+                    candidates[k].sample.id.clone(),
+                    candidates[k].sample.intent.clone(),
+                )
+            })
+        })
         .collect();
     let mut output = StageOutput::new(Vec::with_capacity(candidates.len()), Vec::new());
     for (candidate, kept) in candidates.into_iter().zip(kept_info) {
@@ -40,7 +49,9 @@ pub(crate) fn run(mut candidates: Vec<Candidate>) -> StageOutput {
                         "conflicting label: same text as a more confident sample labelled `{intent}`"
                     )
                 };
-                output.rejects.push(candidate.reject("exact_duplicate", reason, Some(id)));
+                output
+                    .rejects
+                    .push(candidate.reject("exact_duplicate", reason, Some(id)));
             }
         }
     }

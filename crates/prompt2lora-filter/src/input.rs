@@ -15,7 +15,10 @@ pub struct FilterInput {
 
 impl From<Vec<Sample>> for FilterInput {
     fn from(samples: Vec<Sample>) -> Self {
-        FilterInput { samples, rejects: Vec::new() }
+        FilterInput {
+            samples,
+            rejects: Vec::new(),
+        }
     }
 }
 
@@ -25,9 +28,15 @@ impl From<Vec<Sample>> for FilterInput {
 /// as can be recovered: its `text`, `intent` and `id` when it is a JSON object, otherwise the
 /// raw line as text.
 pub fn read_input(path: &Path) -> std::io::Result<FilterInput> {
-    let rules = SampleRules { intents: None, max_chars: usize::MAX };
+    let rules = SampleRules {
+        intents: None,
+        max_chars: usize::MAX,
+    };
     let report = read_samples(path, &rules)?;
-    let mut input = FilterInput { samples: report.records, rejects: Vec::new() };
+    let mut input = FilterInput {
+        samples: report.records,
+        rejects: Vec::new(),
+    };
     if report.errors.is_empty() {
         return Ok(input);
     }
@@ -56,23 +65,30 @@ fn recover(raw: &str, may_be_sample: bool) -> Recovered {
     let Ok(serde_json::Value::Object(mut object)) = serde_json::from_str(raw) else {
         return Recovered::Partial(Sample::new(raw, ""));
     };
-    if !object.contains_key("intent") {
-        if let Some(label) = object.remove("label") {
-            object.insert("intent".into(), label);
-        }
+    if !object.contains_key("intent")
+        && let Some(label) = object.remove("label")
+    {
+        object.insert("intent".into(), label);
     }
-    let text = object.get("text").and_then(|t| t.as_str()).map(str::to_string);
+    let text = object
+        .get("text")
+        .and_then(|t| t.as_str())
+        .map(str::to_string);
     if !object.contains_key("id") {
-        object.insert("id".into(), Sample::id_for(text.as_deref().unwrap_or_default()).into());
+        object.insert(
+            "id".into(),
+            Sample::id_for(text.as_deref().unwrap_or_default()).into(),
+        );
     }
     let value = serde_json::Value::Object(object);
-    if may_be_sample {
-        if let Ok(sample) = serde_json::from_value::<Sample>(value.clone()) {
-            return Recovered::Sample(sample);
-        }
+    if may_be_sample && let Ok(sample) = serde_json::from_value::<Sample>(value.clone()) {
+        return Recovered::Sample(sample);
     }
     let field = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_string);
-    let mut sample = Sample::new(text.unwrap_or_else(|| raw.to_string()), field("intent").unwrap_or_default());
+    let mut sample = Sample::new(
+        text.unwrap_or_else(|| raw.to_string()),
+        field("intent").unwrap_or_default(),
+    );
     if let Some(id) = field("id") {
         sample.id = id;
     }
@@ -80,7 +96,12 @@ fn recover(raw: &str, may_be_sample: bool) -> Recovered {
 }
 
 fn read_reject(sample: Sample, error: &LineError) -> Reject {
-    Reject { sample, stage: "read".into(), reason: format!("unreadable: {error}"), duplicate_of: None }
+    Reject {
+        sample,
+        stage: "read".into(),
+        reason: format!("unreadable: {error}"),
+        duplicate_of: None,
+    }
 }
 
 /// The rejects of reading, turned into lines of `path:line: message` for the terminal.

@@ -55,7 +55,7 @@ pub struct FilterOptions {
     /// [`semantic::EXACT_SEARCH_MAX`]. Larger intents go through an approximate index.
     pub exact_search_max: Option<usize>,
     /// Called as work advances: (what, done, total). Used for progress bars.
-    pub progress: Option<Box<dyn Fn(&str, usize, usize) + Send + Sync>>,
+    pub progress: Option<Progress>,
 }
 
 impl FilterOptions {
@@ -84,22 +84,32 @@ impl FilterOptions {
             ("semantic_threshold", s.semantic_threshold),
         ] {
             if !(0.0..=1.0).contains(&value) {
-                return Err(FilterError::Setting(format!("{key} = {value} is not between 0 and 1")));
+                return Err(FilterError::Setting(format!(
+                    "{key} = {value} is not between 0 and 1"
+                )));
             }
         }
         if let Some(t) = s.min_confidence.filter(|t| !(0.0..=1.0).contains(t)) {
-            return Err(FilterError::Setting(format!("min_confidence = {t} is not between 0 and 1")));
+            return Err(FilterError::Setting(format!(
+                "min_confidence = {t} is not between 0 and 1"
+            )));
         }
         if s.ngram == 0 {
             return Err(FilterError::Setting("ngram must be at least 1".into()));
         }
         if s.min_chars > s.max_chars {
-            let message = format!("min_chars = {} is above max_chars = {}", s.min_chars, s.max_chars);
+            let message = format!(
+                "min_chars = {} is above max_chars = {}",
+                s.min_chars, s.max_chars
+            );
             return Err(FilterError::Setting(message));
         }
         Ok(())
     }
 }
+
+/// A progress callback: (what, done, total).
+pub type Progress = Box<dyn Fn(&str, usize, usize) + Send + Sync>;
 
 /// What [`filter`] returns.
 #[derive(Debug)]
@@ -145,7 +155,12 @@ impl Candidate {
     }
 
     pub fn reject(self, stage: &str, reason: String, duplicate_of: Option<String>) -> Reject {
-        Reject { sample: self.sample, stage: stage.into(), reason, duplicate_of }
+        Reject {
+            sample: self.sample,
+            stage: stage.into(),
+            reason,
+            duplicate_of,
+        }
     }
 }
 
@@ -154,7 +169,9 @@ pub(crate) fn rank_order(candidates: &[Candidate]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..candidates.len()).collect();
     order.sort_by(|&a, &b| {
         let (ka, kb) = (candidates[a].rank_key(), candidates[b].rank_key());
-        kb.0.total_cmp(&ka.0).then(kb.1.total_cmp(&ka.1)).then(kb.2.cmp(&ka.2))
+        kb.0.total_cmp(&ka.0)
+            .then(kb.1.total_cmp(&ka.1))
+            .then(kb.2.cmp(&ka.2))
     });
     order
 }
@@ -171,7 +188,12 @@ pub(crate) struct StageOutput {
 
 impl StageOutput {
     pub fn new(kept: Vec<Candidate>, rejects: Vec<Reject>) -> Self {
-        StageOutput { kept, rejects, notes: Vec::new(), confidence: None }
+        StageOutput {
+            kept,
+            rejects,
+            notes: Vec::new(),
+            confidence: None,
+        }
     }
 }
 
@@ -188,11 +210,21 @@ pub fn filter(
     options: &FilterOptions,
 ) -> Result<FilterOutcome, FilterError> {
     options.validate()?;
-    let FilterInput { samples, rejects: read_rejects } = input.into();
+    let FilterInput {
+        samples,
+        rejects: read_rejects,
+    } = input.into();
     let settings = &options.settings;
     let input_count = samples.len() + read_rejects.len();
     let mut report = FilterReport::new(input_count, settings, options);
-    report.record_stage("read", input_count, read_rejects.len(), &read_rejects, 0.0, vec![]);
+    report.record_stage(
+        "read",
+        input_count,
+        read_rejects.len(),
+        &read_rejects,
+        0.0,
+        vec![],
+    );
     let mut rejects = read_rejects;
 
     let candidates: Vec<Candidate> = samples
@@ -214,27 +246,57 @@ pub fn filter(
         let seconds = started.elapsed().as_secs_f64();
         let removed = output.rejects.len();
         tracing::debug!("{name}: removed {removed} of {before} in {seconds:.2} s");
-        report.record_stage(name, before, removed, &output.rejects, seconds, output.notes);
+        report.record_stage(
+            name,
+            before,
+            removed,
+            &output.rejects,
+            seconds,
+            output.notes,
+        );
         if let Some(summary) = output.confidence {
             report.confidence = Some(summary);
         }
         rejects.extend(output.rejects);
         Ok::<_, FilterError>(output.kept)
     };
-    let c = stage("validity", candidates, Box::new(|c| Ok(validity::run(c, task, settings))))?;
+    let c = stage(
+        "validity",
+        candidates,
+        Box::new(|c| Ok(validity::run(c, task, settings))),
+    )?;
     let c = stage("drift", c, Box::new(|c| Ok(drift::run(c, settings.drift))))?;
     let c = stage("exact_duplicate", c, Box::new(|c| Ok(exact::run(c))))?;
-    let c = stage("near_duplicate", c, Box::new(|c| Ok(near::run(c, settings, options))))?;
+    let c = stage(
+        "near_duplicate",
+        c,
+        Box::new(|c| Ok(near::run(c, settings, options))),
+    )?;
     let c = stage(
         "semantic_duplicate",
         c,
         Box::new(|c| semantic::run(c, embedder, settings, options)),
     )?;
-    let mut candidates = stage("confidence", c, Box::new(|c| Ok(confidence::run(c, settings))))?;
+    let mut candidates = stage(
+        "confidence",
+        c,
+        Box::new(|c| Ok(confidence::run(c, settings))),
+    )?;
 
     candidates.sort_by_key(|c| c.position);
     let kept: Vec<Sample> = candidates.into_iter().map(|c| c.sample).collect();
-    balance::report(&mut report, task, &intents_before, &kept, &rejects, settings.min_per_intent);
+    balance::report(
+        &mut report,
+        task,
+        &intents_before,
+        &kept,
+        &rejects,
+        settings.min_per_intent,
+    );
     report.finish(&kept, &rejects);
-    Ok(FilterOutcome { kept, rejects, report })
+    Ok(FilterOutcome {
+        kept,
+        rejects,
+        report,
+    })
 }

@@ -37,11 +37,19 @@ pub(crate) fn run(
 ) -> StageOutput {
     let texts: Vec<&str> = candidates.iter().map(|c| c.normalized.as_str()).collect();
     let groups = group_ids(&candidates);
-    let pairs = similar_pairs(&texts, &groups, settings.ngram, settings.near_duplicate_threshold);
+    let pairs = similar_pairs(
+        &texts,
+        &groups,
+        settings.ngram,
+        settings.near_duplicate_threshold,
+    );
     let duplicate_of = greedy(&candidates, &pairs);
-    split(candidates, duplicate_of, "near_duplicate", |similarity, how| {
-        format!("near duplicate: {how} similarity {similarity:.3}")
-    })
+    split(
+        candidates,
+        duplicate_of,
+        "near_duplicate",
+        |similarity, how| format!("near duplicate: {how} similarity {similarity:.3}"),
+    )
 }
 
 /// A verified pair `(a, b, similarity, measure)` with `a < b`.
@@ -65,7 +73,10 @@ impl std::fmt::Display for Measure {
 
 /// A small number per intent, so that hashes of different intents never meet.
 pub(crate) fn group_ids(candidates: &[Candidate]) -> Vec<u32> {
-    let mut names: Vec<&str> = candidates.iter().map(|c| c.sample.intent.as_str()).collect();
+    let mut names: Vec<&str> = candidates
+        .iter()
+        .map(|c| c.sample.intent.as_str())
+        .collect();
     names.sort_unstable();
     names.dedup();
     candidates
@@ -117,7 +128,10 @@ pub fn shingle_set(text: &str, n: usize) -> Vec<u64> {
     let mut set: Vec<u64> = if chars.len() <= n {
         vec![hash_chars(chars.iter().copied())]
     } else {
-        chars.windows(n).map(|w| hash_chars(w.iter().copied())).collect()
+        chars
+            .windows(n)
+            .map(|w| hash_chars(w.iter().copied()))
+            .collect()
     };
     set.sort_unstable();
     set.dedup();
@@ -139,7 +153,11 @@ pub fn jaccard(a: &[u64], b: &[u64]) -> f64 {
         }
     }
     let union = a.len() + b.len() - common;
-    if union == 0 { 1.0 } else { common as f64 / union as f64 }
+    if union == 0 {
+        1.0
+    } else {
+        common as f64 / union as f64
+    }
 }
 
 /// Bands and rows per band: the most rows (fewest false candidates) that still make a pair at
@@ -161,8 +179,9 @@ pub fn banding(threshold: f64) -> (usize, usize) {
 /// 64-bit n-gram hashes; 32 bits of each minimum are kept.
 pub fn signatures(shingles: &[Vec<u64>]) -> Vec<[u32; PERMUTATIONS]> {
     let mut state = 0x5EED_u64;
-    let params: Vec<(u64, u64)> =
-        (0..PERMUTATIONS).map(|_| (splitmix(&mut state) | 1, splitmix(&mut state))).collect();
+    let params: Vec<(u64, u64)> = (0..PERMUTATIONS)
+        .map(|_| (splitmix(&mut state) | 1, splitmix(&mut state)))
+        .collect();
     shingles
         .par_iter()
         .map(|set| {
@@ -179,7 +198,12 @@ pub fn signatures(shingles: &[Vec<u64>]) -> Vec<[u32; PERMUTATIONS]> {
 }
 
 /// Pairs that share at least one band of their signature, within a group.
-fn lsh_candidates(shingles: &[Vec<u64>], groups: &[u32], bands: usize, rows: usize) -> Vec<(u32, u32)> {
+fn lsh_candidates(
+    shingles: &[Vec<u64>],
+    groups: &[u32],
+    bands: usize,
+    rows: usize,
+) -> Vec<(u32, u32)> {
     let signatures = signatures(shingles);
     (0..bands)
         .into_par_iter()
@@ -212,10 +236,18 @@ fn one_edit_candidates(texts: &[&str], groups: &[u32]) -> Vec<(u32, u32)> {
         .flat_map_iter(|(i, text)| {
             let chars: Vec<char> = text.chars().collect();
             let group = groups[i];
-            let variants = if chars.len() > EDIT_MAX_CHARS { 0 } else { chars.len() + 1 };
+            let variants = if chars.len() > EDIT_MAX_CHARS {
+                0
+            } else {
+                chars.len() + 1
+            };
             (0..variants).map(move |skip| {
                 // skip == len: the whole text
-                let kept = chars.iter().enumerate().filter(|&(k, _)| k != skip).map(|(_, &c)| c);
+                let kept = chars
+                    .iter()
+                    .enumerate()
+                    .filter(|&(k, _)| k != skip)
+                    .map(|(_, &c)| c);
                 let mut hasher = FixedState.build_hasher();
                 hasher.write_u32(group);
                 hasher.write_u64(hash_chars(kept));
@@ -262,7 +294,9 @@ pub(crate) fn greedy<M: Copy>(
             .filter(|(j, _, _)| kept[*j as usize])
             .max_by(|x, y| x.1.total_cmp(&y.1).then(y.0.cmp(&x.0)));
         match best {
-            Some(&(j, similarity, measure)) => duplicate_of[i] = Some((j as usize, similarity, measure)),
+            Some(&(j, similarity, measure)) => {
+                duplicate_of[i] = Some((j as usize, similarity, measure))
+            }
             None => kept[i] = true,
         }
     }
@@ -332,8 +366,10 @@ mod tests {
         let normalized: Vec<String> = texts.iter().map(|t| normalize(t)).collect();
         let refs: Vec<&str> = normalized.iter().map(String::as_str).collect();
         let groups = vec![0; texts.len()];
-        let mut pairs: Vec<(u32, u32)> =
-            similar_pairs(&refs, &groups, 3, threshold).into_iter().map(|p| (p.0, p.1)).collect();
+        let mut pairs: Vec<(u32, u32)> = similar_pairs(&refs, &groups, 3, threshold)
+            .into_iter()
+            .map(|p| (p.0, p.1))
+            .collect();
         pairs.sort_unstable();
         pairs
     }
@@ -349,12 +385,22 @@ mod tests {
 
     #[test]
     fn minhash_agreement_estimates_jaccard() {
-        let a = shingle_set("the quick brown fox jumps over the lazy dog again and again", 3);
-        let b = shingle_set("the quick brown fox leaps over the lazy dog again and again", 3);
+        let a = shingle_set(
+            "the quick brown fox jumps over the lazy dog again and again",
+            3,
+        );
+        let b = shingle_set(
+            "the quick brown fox leaps over the lazy dog again and again",
+            3,
+        );
         let sig = signatures(&[a.clone(), b.clone()]);
         let agree = sig[0].iter().zip(&sig[1]).filter(|(x, y)| x == y).count();
         let estimate = agree as f64 / PERMUTATIONS as f64;
-        assert!((estimate - jaccard(&a, &b)).abs() < 0.15, "{estimate} vs {}", jaccard(&a, &b));
+        assert!(
+            (estimate - jaccard(&a, &b)).abs() < 0.15,
+            "{estimate} vs {}",
+            jaccard(&a, &b)
+        );
     }
 
     #[test]
@@ -373,7 +419,12 @@ mod tests {
 
     #[test]
     fn different_messages_are_not_near_duplicates() {
-        let texts = ["我要退货", "我要开发票", "where is my order", "cancel my order please"];
+        let texts = [
+            "我要退货",
+            "我要开发票",
+            "where is my order",
+            "cancel my order please",
+        ];
         assert!(pairs_of(&texts, 0.7).is_empty());
     }
 

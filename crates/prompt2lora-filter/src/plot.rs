@@ -48,16 +48,26 @@ pub fn write_plots(report: &FilterReport, dir: &Path) -> Result<Vec<PathBuf>, Pl
 /// One panel per intent: scored samples per confidence bucket, the kept part in blue and the
 /// part the cut removed in red on top. `None` when the confidence stage saw no samples.
 pub fn confidence_histogram_svg(report: &FilterReport) -> Result<Option<String>, PlotError> {
-    let Some(confidence) = &report.confidence else { return Ok(None) };
+    let Some(confidence) = &report.confidence else {
+        return Ok(None);
+    };
     let order: Vec<&str> = report.intents.iter().map(|i| i.intent.as_str()).collect();
     let mut panels: Vec<&IntentConfidence> = confidence.intents.iter().collect();
-    panels.sort_by_key(|p| order.iter().position(|&o| o == p.intent).unwrap_or(usize::MAX));
+    panels.sort_by_key(|p| {
+        order
+            .iter()
+            .position(|&o| o == p.intent)
+            .unwrap_or(usize::MAX)
+    });
     if panels.is_empty() {
         return Ok(None);
     }
     let columns = COLUMNS.min(panels.len());
     let rows = panels.len().div_ceil(columns);
-    let size = (PANEL_WIDTH * columns as u32, PANEL_HEIGHT * rows as u32 + 30);
+    let size = (
+        PANEL_WIDTH * columns as u32,
+        PANEL_HEIGHT * rows as u32 + 30,
+    );
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
@@ -129,7 +139,10 @@ pub fn funnel_svg(report: &FilterReport) -> Result<String, PlotError> {
         let top = report.input.max(1);
         let mut chart = ChartBuilder::on(&root)
             .caption(
-                format!("Filter funnel: {} of {} samples kept", report.kept, report.input),
+                format!(
+                    "Filter funnel: {} of {} samples kept",
+                    report.kept, report.input
+                ),
                 ("sans-serif", 16),
             )
             .margin(10)
@@ -151,19 +164,28 @@ pub fn funnel_svg(report: &FilterReport) -> Result<String, PlotError> {
             .map_err(draw)?;
         let bar = |i: usize, from: usize, to: usize, color: RGBColor| {
             Rectangle::new(
-                [(from, SegmentValue::Exact(i)), (to, SegmentValue::Exact(i + 1))],
+                [
+                    (from, SegmentValue::Exact(i)),
+                    (to, SegmentValue::Exact(i + 1)),
+                ],
                 color.filled(),
             )
         };
         chart
-            .draw_series(stages.iter().enumerate().flat_map(|(i, s)| {
-                [bar(i, 0, s.after, KEPT), bar(i, s.after, s.before, REMOVED)]
-            }))
+            .draw_series(
+                stages.iter().enumerate().flat_map(|(i, s)| {
+                    [bar(i, 0, s.after, KEPT), bar(i, s.after, s.before, REMOVED)]
+                }),
+            )
             .map_err(draw)?;
         chart
             .draw_series(stages.iter().enumerate().map(|(i, s)| {
                 let label = format!("{} (-{})", s.after, s.removed);
-                Text::new(label, (s.before + top / 100, SegmentValue::CenterOf(i)), ("sans-serif", 12))
+                Text::new(
+                    label,
+                    (s.before + top / 100, SegmentValue::CenterOf(i)),
+                    ("sans-serif", 12),
+                )
             }))
             .map_err(draw)?;
         root.present().map_err(draw)?;

@@ -94,7 +94,9 @@ impl FilterReport {
     ) {
         let mut reasons = BTreeMap::new();
         for reject in rejects {
-            *reasons.entry(reason_kind(&reject.reason).to_string()).or_insert(0) += 1;
+            *reasons
+                .entry(reason_kind(&reject.reason).to_string())
+                .or_insert(0) += 1;
         }
         self.funnel.push(StageReport {
             stage: stage.into(),
@@ -112,18 +114,30 @@ impl FilterReport {
         self.rejected = rejects.len();
         self.kept_chars = kept.iter().map(|s| char_len(&s.text)).sum();
         let readable = rejects.iter().filter(|r| r.stage != "read");
-        self.input_chars = self.kept_chars + readable.map(|r| char_len(&r.sample.text)).sum::<usize>();
-        debug_assert_eq!(self.kept + self.rejected, self.input, "kept + rejected must equal input");
+        self.input_chars =
+            self.kept_chars + readable.map(|r| char_len(&r.sample.text)).sum::<usize>();
+        debug_assert_eq!(
+            self.kept + self.rejected,
+            self.input,
+            "kept + rejected must equal input"
+        );
     }
 
     /// The funnel, the samples per intent and the confidence histograms as plain text for the
     /// terminal.
     pub fn summary(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "{:<20} {:>8} {:>8} {:>8}  reasons", "stage", "in", "removed", "out");
+        let _ = writeln!(
+            out,
+            "{:<20} {:>8} {:>8} {:>8}  reasons",
+            "stage", "in", "removed", "out"
+        );
         for stage in &self.funnel {
-            let reasons: Vec<String> =
-                stage.reasons.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
+            let reasons: Vec<String> = stage
+                .reasons
+                .iter()
+                .map(|(kind, n)| format!("{kind} {n}"))
+                .collect();
             let mut reasons = reasons.join(", ");
             for note in &stage.notes {
                 reasons.push_str(if reasons.is_empty() { "" } else { "; " });
@@ -155,7 +169,10 @@ impl FilterReport {
 
 /// The kind of a reject reason: its text up to the first `:`.
 pub fn reason_kind(reason: &str) -> &str {
-    reason.split_once(':').map_or(reason, |(kind, _)| kind).trim()
+    reason
+        .split_once(':')
+        .map_or(reason, |(kind, _)| kind)
+        .trim()
 }
 
 /// Bars for a 10-bucket histogram, one character per bucket, scaled to the largest bucket.

@@ -61,9 +61,12 @@ pub(crate) fn run(
         settings.semantic_threshold
     );
     let duplicate_of = greedy(&candidates, &pairs);
-    Ok(split(candidates, duplicate_of, "semantic_duplicate", |similarity, _: &()| {
-        format!("semantic duplicate: cosine similarity {similarity:.3}")
-    }))
+    Ok(split(
+        candidates,
+        duplicate_of,
+        "semantic_duplicate",
+        |similarity, _: &()| format!("semantic duplicate: cosine similarity {similarity:.3}"),
+    ))
 }
 
 /// Unit-length embeddings of many texts, one row each.
@@ -148,7 +151,10 @@ pub fn similar_pairs(
         let local = if rows.len() <= exact_max {
             exact_pairs(embeddings, rows, threshold as f32)?
         } else {
-            tracing::debug!("semantic duplicates: HNSW index for an intent of {} samples", rows.len());
+            tracing::debug!(
+                "semantic duplicates: HNSW index for an intent of {} samples",
+                rows.len()
+            );
             approximate_pairs(embeddings, rows, threshold as f32)
         };
         pairs.extend(local.into_iter().map(|(a, b, s)| (rows[a], rows[b], s, ())));
@@ -158,7 +164,11 @@ pub fn similar_pairs(
 
 /// Pairs of positions in `rows` at or above `threshold`, from the exact similarity matrix,
 /// computed a block of rows at a time against the rows after the block's start.
-fn exact_pairs(embeddings: &Embeddings, rows: &[u32], threshold: f32) -> Result<Vec<(usize, usize, f32)>, FilterError> {
+fn exact_pairs(
+    embeddings: &Embeddings,
+    rows: &[u32],
+    threshold: f32,
+) -> Result<Vec<(usize, usize, f32)>, FilterError> {
     use candle_core::{Device, Tensor};
     let search = |e: candle_core::Error| FilterError::Search(e.to_string());
     let n = rows.len();
@@ -174,7 +184,10 @@ fn exact_pairs(embeddings: &Embeddings, rows: &[u32], threshold: f32) -> Result<
         let block = all.narrow(0, start, len).map_err(search)?;
         let rest = all.narrow(0, start, n - start).map_err(search)?;
         let similarities = block.matmul(&rest.t().map_err(search)?).map_err(search)?;
-        let similarities: Vec<f32> = similarities.flatten_all().and_then(|t| t.to_vec1()).map_err(search)?;
+        let similarities: Vec<f32> = similarities
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .map_err(search)?;
         let width = n - start;
         for r in 0..len {
             // Columns after the diagonal: each pair once.
@@ -203,7 +216,12 @@ impl Distance<f32> for CosineDistance {
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for k in 0..8 {
             lanes[k] += x[k] * y[k];
@@ -215,7 +233,11 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// The indexed points whose similarity to `vector` reaches `threshold`: the nearest
 /// [`ANN_NEIGHBOURS`], and more while the farthest of them still reaches it, so that a large
 /// group of duplicates is found whole (the greedy pass needs every kept neighbour).
-fn neighbours_within(index: &Hnsw<'_, f32, CosineDistance>, vector: &[f32], threshold: f32) -> Vec<(usize, f32)> {
+fn neighbours_within(
+    index: &Hnsw<'_, f32, CosineDistance>,
+    vector: &[f32],
+    threshold: f32,
+) -> Vec<(usize, f32)> {
     let mut k = ANN_NEIGHBOURS;
     loop {
         let hits = index.search(vector, k, ANN_EF_SEARCH.max(k));
@@ -233,7 +255,11 @@ fn neighbours_within(index: &Hnsw<'_, f32, CosineDistance>, vector: &[f32], thre
 
 /// Pairs of positions in `rows` at or above `threshold` among the neighbours of each row in an
 /// HNSW index. A pair found from either side counts.
-fn approximate_pairs(embeddings: &Embeddings, rows: &[u32], threshold: f32) -> Vec<(usize, usize, f32)> {
+fn approximate_pairs(
+    embeddings: &Embeddings,
+    rows: &[u32],
+    threshold: f32,
+) -> Vec<(usize, usize, f32)> {
     let n = rows.len();
     let layers = 16.min((n as f64).ln().ceil() as usize).max(1);
     let index = Hnsw::<f32, CosineDistance>::new(
@@ -243,8 +269,11 @@ fn approximate_pairs(embeddings: &Embeddings, rows: &[u32], threshold: f32) -> V
         ANN_EF_CONSTRUCTION,
         CosineDistance,
     );
-    let data: Vec<(&[f32], usize)> =
-        rows.iter().enumerate().map(|(k, &r)| (embeddings.row(r as usize), k)).collect();
+    let data: Vec<(&[f32], usize)> = rows
+        .iter()
+        .enumerate()
+        .map(|(k, &r)| (embeddings.row(r as usize), k))
+        .collect();
     index.parallel_insert_slice(&data);
     let mut pairs: Vec<(usize, usize, f32)> = data
         .par_iter()

@@ -88,12 +88,19 @@ fn without_duplicate_stages(options: &mut FilterOptions) {
 }
 
 fn rejects_of<'a>(outcome: &'a FilterOutcome, stage: &str) -> Vec<&'a Reject> {
-    outcome.rejects.iter().filter(|r| r.stage == stage).collect()
+    outcome
+        .rejects
+        .iter()
+        .filter(|r| r.stage == stage)
+        .collect()
 }
 
 fn assert_invariant(outcome: &FilterOutcome, input: usize) {
     assert_eq!(outcome.kept.len() + outcome.rejects.len(), input);
-    assert_eq!(outcome.report.kept + outcome.report.rejected, outcome.report.input);
+    assert_eq!(
+        outcome.report.kept + outcome.report.rejected,
+        outcome.report.input
+    );
     assert_eq!(outcome.report.input, input);
     let last = outcome.report.funnel.last().unwrap();
     assert_eq!(last.after, outcome.kept.len());
@@ -113,9 +120,21 @@ fn validity_rejects_blank_unknown_long_and_out_of_range() {
         sample("我要退货", "return", None),
     ];
     let outcome = run(samples, false);
-    let reasons: Vec<&str> =
-        rejects_of(&outcome, "validity").iter().map(|r| report::reason_kind(&r.reason)).collect();
-    assert_eq!(reasons, ["empty text", "empty text", "unknown intent", "too long", "too short", "schema"]);
+    let reasons: Vec<&str> = rejects_of(&outcome, "validity")
+        .iter()
+        .map(|r| report::reason_kind(&r.reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "empty text",
+            "empty text",
+            "unknown intent",
+            "too long",
+            "too short",
+            "schema"
+        ]
+    );
     assert_eq!(outcome.kept.len(), 1);
     assert_invariant(&outcome, 7);
 }
@@ -131,7 +150,11 @@ fn drift_drops_or_relabels() {
     let outcome = run(samples.clone(), false);
     let drift = rejects_of(&outcome, "drift");
     assert_eq!(drift.len(), 1);
-    assert!(drift[0].reason.contains("written for `return`"), "{}", drift[0].reason);
+    assert!(
+        drift[0].reason.contains("written for `return`"),
+        "{}",
+        drift[0].reason
+    );
 
     let task = task();
     let mut options = FilterOptions::from_task(&task);
@@ -158,8 +181,15 @@ fn exact_duplicates_fold_width_case_space_and_punctuation() {
     let exact = rejects_of(&outcome, "exact_duplicate");
     assert_eq!(exact.len(), 4);
     let kept: Vec<&str> = outcome.kept.iter().map(|s| s.text.as_str()).collect();
-    assert_eq!(kept, ["我要退货", "abc123   退货。", "where is my parcel!!"]);
-    assert!(exact.iter().any(|r| r.reason.starts_with("conflicting label")));
+    assert_eq!(
+        kept,
+        ["我要退货", "abc123   退货。", "where is my parcel!!"]
+    );
+    assert!(
+        exact
+            .iter()
+            .any(|r| r.reason.starts_with("conflicting label"))
+    );
     assert!(exact.iter().all(|r| r.duplicate_of.is_some()));
     assert_invariant(&outcome, 7);
 }
@@ -167,10 +197,26 @@ fn exact_duplicates_fold_width_case_space_and_punctuation() {
 #[test]
 fn near_duplicates_differing_by_one_character_keep_the_more_confident() {
     let samples = vec![
-        sample("我的快递到哪里了，能帮我查一下吗", "where_is_order", Some(0.7)),
-        sample("我的快递到哪里了，能帮我查一下嘛", "where_is_order", Some(0.9)),
-        sample("I would like to return the shoes I bought last week", "return", Some(0.8)),
-        sample("I would like to return the shoes I bought last weak", "return", Some(0.6)),
+        sample(
+            "我的快递到哪里了，能帮我查一下吗",
+            "where_is_order",
+            Some(0.7),
+        ),
+        sample(
+            "我的快递到哪里了，能帮我查一下嘛",
+            "where_is_order",
+            Some(0.9),
+        ),
+        sample(
+            "I would like to return the shoes I bought last week",
+            "return",
+            Some(0.8),
+        ),
+        sample(
+            "I would like to return the shoes I bought last weak",
+            "return",
+            Some(0.6),
+        ),
         // One character apart, but different intents: a contrast, not a duplicate.
         sample("我要退货", "return", Some(0.9)),
         sample("我要退款", "other", Some(0.9)),
@@ -179,9 +225,15 @@ fn near_duplicates_differing_by_one_character_keep_the_more_confident() {
     let near = rejects_of(&outcome, "near_duplicate");
     assert_eq!(near.len(), 2, "{near:#?}");
     assert_eq!(near[0].sample.text, samples[0].text);
-    assert_eq!(near[0].duplicate_of.as_deref(), Some(samples[1].id.as_str()));
+    assert_eq!(
+        near[0].duplicate_of.as_deref(),
+        Some(samples[1].id.as_str())
+    );
     assert_eq!(near[1].sample.text, samples[3].text);
-    assert_eq!(near[1].duplicate_of.as_deref(), Some(samples[2].id.as_str()));
+    assert_eq!(
+        near[1].duplicate_of.as_deref(),
+        Some(samples[2].id.as_str())
+    );
     assert_invariant(&outcome, 6);
 }
 
@@ -198,9 +250,23 @@ fn semantic_duplicates_with_different_wording_are_removed() {
     let outcome = run(samples.clone(), true);
     let semantic = rejects_of(&outcome, "semantic_duplicate");
     let removed: Vec<&str> = semantic.iter().map(|r| r.sample.text.as_str()).collect();
-    assert_eq!(removed, ["Where is my parcel?", "我的快递在哪", "I'd like to send back my sneakers"]);
-    assert!(semantic.iter().all(|r| r.reason.contains("cosine similarity")));
-    assert_eq!(semantic[0].duplicate_of.as_deref(), Some(samples[1].id.as_str()));
+    assert_eq!(
+        removed,
+        [
+            "Where is my parcel?",
+            "我的快递在哪",
+            "I'd like to send back my sneakers"
+        ]
+    );
+    assert!(
+        semantic
+            .iter()
+            .all(|r| r.reason.contains("cosine similarity"))
+    );
+    assert_eq!(
+        semantic[0].duplicate_of.as_deref(),
+        Some(samples[1].id.as_str())
+    );
 
     // Without the semantic stage they all stay (the confidence cut aside).
     let outcome = run(samples, false);
@@ -216,8 +282,10 @@ impl Embedder for ClusterEmbedder {
         Ok(texts
             .iter()
             .map(|t| {
-                let numbers: Vec<usize> =
-                    t.split(' ').map(|w| w[1..].parse::<usize>().unwrap()).collect();
+                let numbers: Vec<usize> = t
+                    .split(' ')
+                    .map(|w| w[1..].parse::<usize>().unwrap())
+                    .collect();
                 let mut v = vec![0.0; 64];
                 v[numbers[0] % 60] = 1.0;
                 v[60 + numbers[1] % 4] = 0.1;
@@ -229,8 +297,9 @@ impl Embedder for ClusterEmbedder {
 
 #[test]
 fn approximate_search_finds_the_same_duplicates_as_exact_search() {
-    let samples: Vec<Sample> =
-        (0..300).map(|i| sample(&format!("c{} i{}", i / 10, i), "other", Some(0.9))).collect();
+    let samples: Vec<Sample> = (0..300)
+        .map(|i| sample(&format!("c{} i{}", i / 10, i), "other", Some(0.9)))
+        .collect();
     let task = task();
     let mut options = FilterOptions::from_task(&task);
     without_duplicate_stages(&mut options);
@@ -240,7 +309,10 @@ fn approximate_search_finds_the_same_duplicates_as_exact_search() {
     options.exact_search_max = Some(10);
     let approximate = filter(samples, &task, Some(&ClusterEmbedder), &options).unwrap();
     let removed = |o: &FilterOutcome| {
-        rejects_of(o, "semantic_duplicate").iter().map(|r| r.sample.id.clone()).collect::<Vec<_>>()
+        rejects_of(o, "semantic_duplicate")
+            .iter()
+            .map(|r| r.sample.id.clone())
+            .collect::<Vec<_>>()
     };
     assert_eq!(removed(&exact).len(), 270);
     assert_eq!(removed(&exact), removed(&approximate));
@@ -253,7 +325,11 @@ fn approximate_search_finds_the_same_duplicates_as_exact_search() {
 fn confidence_keeps_the_top_fraction_of_every_intent() {
     let mut samples = Vec::new();
     for i in 0..10 {
-        samples.push(sample(&format!("where is parcel number {i}{i}{i}"), "where_is_order", Some(0.05 + 0.1 * i as f64)));
+        samples.push(sample(
+            &format!("where is parcel number {i}{i}{i}"),
+            "where_is_order",
+            Some(0.05 + 0.1 * i as f64),
+        ));
     }
     samples.push(sample("我要退货", "return", Some(0.1)));
     samples.push(sample("seed example without signals", "other", None));
@@ -263,11 +339,19 @@ fn confidence_keeps_the_top_fraction_of_every_intent() {
     assert_eq!(cut.len(), 2, "{cut:#?}");
     assert!(cut.iter().all(|r| r.sample.label_logprob.unwrap() < 0.2));
     let summary = outcome.report.confidence.as_ref().unwrap();
-    let order = summary.intents.iter().find(|i| i.intent == "where_is_order").unwrap();
+    let order = summary
+        .intents
+        .iter()
+        .find(|i| i.intent == "where_is_order")
+        .unwrap();
     assert_eq!(order.histogram, [1; 10]);
     assert_eq!(order.kept_histogram, [0, 0, 1, 1, 1, 1, 1, 1, 1, 1]);
     assert!((order.cut.unwrap() - 0.25).abs() < 1e-9, "{:?}", order.cut);
-    let other = summary.intents.iter().find(|i| i.intent == "other").unwrap();
+    let other = summary
+        .intents
+        .iter()
+        .find(|i| i.intent == "other")
+        .unwrap();
     assert_eq!((other.scored, other.unscored), (0, 1));
     assert_invariant(&outcome, 12);
     let text = outcome.report.summary();
@@ -276,8 +360,15 @@ fn confidence_keeps_the_top_fraction_of_every_intent() {
 
 #[test]
 fn confidence_ties_at_the_cut_are_kept_and_threshold_replaces_fraction() {
-    let samples: Vec<Sample> =
-        (0..10).map(|i| sample(&format!("hello there friend {i}{i}{i}{i}"), "other", Some(0.9))).collect();
+    let samples: Vec<Sample> = (0..10)
+        .map(|i| {
+            sample(
+                &format!("hello there friend {i}{i}{i}{i}"),
+                "other",
+                Some(0.9),
+            )
+        })
+        .collect();
     let outcome = run_with(samples.clone(), without_duplicate_stages);
     assert!(rejects_of(&outcome, "confidence").is_empty());
 
@@ -288,7 +379,11 @@ fn confidence_ties_at_the_cut_are_kept_and_threshold_replaces_fraction() {
     let outcome = filter(samples, &task, None, &options).unwrap();
     let cut = rejects_of(&outcome, "confidence");
     assert_eq!(cut.len(), 10);
-    assert!(cut[0].reason.starts_with("below threshold"), "{}", cut[0].reason);
+    assert!(
+        cut[0].reason.starts_with("below threshold"),
+        "{}",
+        cut[0].reason
+    );
 }
 
 #[test]
@@ -322,7 +417,11 @@ fn balance_warns_about_thin_intents_and_read_rejects_count() {
         .collect();
     assert_eq!(
         intents,
-        [("where_is_order", 2, 2, false), ("return", 1, 1, true), ("other", 0, 0, true)]
+        [
+            ("where_is_order", 2, 2, false),
+            ("return", 1, 1, true),
+            ("other", 0, 0, true)
+        ]
     );
     assert_eq!(outcome.report.warnings.len(), 2);
 }
@@ -339,9 +438,17 @@ fn report_serialises_and_plots_render() {
     let json = serde_json::to_string(&outcome.report).unwrap();
     let back: FilterReport = serde_json::from_str(&json).unwrap();
     assert_eq!(back.funnel.len(), 7);
-    assert_eq!(back.funnel.iter().map(|s| s.removed).sum::<usize>(), outcome.rejects.len());
-    let histogram = plot::confidence_histogram_svg(&outcome.report).unwrap().unwrap();
-    assert!(histogram.starts_with("<svg") && histogram.contains("return"), "{histogram}");
+    assert_eq!(
+        back.funnel.iter().map(|s| s.removed).sum::<usize>(),
+        outcome.rejects.len()
+    );
+    let histogram = plot::confidence_histogram_svg(&outcome.report)
+        .unwrap()
+        .unwrap();
+    assert!(
+        histogram.starts_with("<svg") && histogram.contains("return"),
+        "{histogram}"
+    );
     let funnel = plot::funnel_svg(&outcome.report).unwrap();
     assert!(funnel.contains("semantic duplicate"));
 }

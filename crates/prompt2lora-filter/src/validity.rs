@@ -8,13 +8,19 @@ use prompt2lora_core::text::{char_len, normalize};
 
 use crate::{Candidate, StageOutput};
 
-pub(crate) fn run(candidates: Vec<Candidate>, task: &Task, settings: &FilterSettings) -> StageOutput {
+pub(crate) fn run(
+    candidates: Vec<Candidate>,
+    task: &Task,
+    settings: &FilterSettings,
+) -> StageOutput {
     let intents = task.intent_names();
     let mut output = StageOutput::new(Vec::with_capacity(candidates.len()), Vec::new());
     for candidate in candidates {
         match problem(&candidate, &intents, settings) {
             None => output.kept.push(candidate),
-            Some(reason) => output.rejects.push(candidate.reject("validity", reason, None)),
+            Some(reason) => output
+                .rejects
+                .push(candidate.reject("validity", reason, None)),
         }
     }
     output
@@ -42,15 +48,24 @@ fn problem(candidate: &Candidate, intents: &[String], settings: &FilterSettings)
     if normalize(text).is_empty() {
         return Some("empty text: only punctuation, symbols or emoji".into());
     }
-    if !intents.iter().any(|i| *i == sample.intent) {
-        return Some(format!("unknown intent: `{}` is not an intent of the task", sample.intent));
+    if !intents.contains(&sample.intent) {
+        return Some(format!(
+            "unknown intent: `{}` is not an intent of the task",
+            sample.intent
+        ));
     }
     let len = char_len(text);
     if len < settings.min_chars {
-        return Some(format!("too short: {len} characters, the minimum is {}", settings.min_chars));
+        return Some(format!(
+            "too short: {len} characters, the minimum is {}",
+            settings.min_chars
+        ));
     }
     if len > settings.max_chars {
-        return Some(format!("too long: {len} characters, the maximum is {}", settings.max_chars));
+        return Some(format!(
+            "too long: {len} characters, the maximum is {}",
+            settings.max_chars
+        ));
     }
     None
 }

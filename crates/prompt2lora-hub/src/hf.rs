@@ -37,16 +37,14 @@ pub fn parse(name: &str) -> Result<HfName, HubError> {
     if org.is_empty() || repo_name.is_empty() || revision.as_deref() == Some("") {
         return Err(invalid());
     }
-    if let Some(file) = &file {
-        if !file.ends_with(".gguf") {
-            return Err(HubError::Hub {
-                repo: name.to_string(),
-                message: format!(
-                    "`{file}`: only .gguf files can be named; name the repository alone for \
-                     an encoder"
-                ),
-            });
-        }
+    if let Some(file) = file.as_ref().filter(|f| !f.ends_with(".gguf")) {
+        return Err(HubError::Hub {
+            repo: name.to_string(),
+            message: format!(
+                "`{file}`: only .gguf files can be named; name the repository alone for an \
+                 encoder"
+            ),
+        });
     }
     Ok(HfName {
         repo: format!("{org}/{repo_name}"),

@@ -212,7 +212,7 @@ impl<'a> File<'a> {
     fn data(&self, entry: &Entry) -> Result<&'a [u8], FormatError> {
         let expected = match entry.dtype {
             DTYPE_F32 => entry.count * 4,
-            DTYPE_Q4_0 if entry.count % BLOCK == 0 => entry.count / BLOCK * BLOCK_BYTES,
+            DTYPE_Q4_0 if entry.count.is_multiple_of(BLOCK) => entry.count / BLOCK * BLOCK_BYTES,
             DTYPE_Q4_0 => {
                 return Err(bad(format!(
                     "tensor {}: {} weights is not a whole number of Q4_0 blocks",
@@ -240,7 +240,7 @@ impl<'a> File<'a> {
 
 /// Dequantizes `count` Q4_0 weights.
 pub fn dequantize_q4_0(blocks: &[u8], count: usize) -> Result<Vec<f32>, FormatError> {
-    if count % BLOCK != 0 || blocks.len() != count / BLOCK * BLOCK_BYTES {
+    if !count.is_multiple_of(BLOCK) || blocks.len() != count / BLOCK * BLOCK_BYTES {
         return Err(bad(format!(
             "{} bytes do not hold {count} Q4_0 weights",
             blocks.len()
@@ -300,8 +300,16 @@ pub fn hf_tensor(name: &str, header: &Header) -> Option<(String, Vec<usize>)> {
     Some((format!("encoder.layer.{layer}.{hf}"), shape))
 }
 
-/// Every tensor under its Hugging Face name, as little-endian f32 bytes with its shape.
-pub fn hf_tensors(file: &File<'_>) -> Result<Vec<(String, Vec<usize>, Vec<u8>)>, FormatError> {
+/// A tensor under its Hugging Face name, as little-endian f32 bytes.
+#[derive(Debug, Clone)]
+pub struct HfTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+/// Every tensor under its Hugging Face name.
+pub fn hf_tensors(file: &File<'_>) -> Result<Vec<HfTensor>, FormatError> {
     let expected = 5 + 16 * file.header.layers;
     if file.entries.len() != expected {
         return Err(bad(format!(
@@ -320,39 +328,66 @@ pub fn hf_tensors(file: &File<'_>) -> Result<Vec<(String, Vec<usize>, Vec<u8>)>,
                 entry.name, entry.count
             )));
         }
-        let bytes = file
+        let data = file
             .values(entry)?
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect();
-        tensors.push((name, shape, bytes));
+        tensors.push(HfTensor { name, shape, data });
     }
     Ok(tensors)
 }
 
-/// The `config.json` of the converted model (a plain `BertModel`, as upstream).
-pub fn config_json(header: &Header) -> serde_json::Value {
-    serde_json::json!({
-        "architectures": ["BertModel"],
-        "model_type": "bert",
-        "attention_probs_dropout_prob": 0.1,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1,
-        "hidden_size": header.hidden,
-        "initializer_range": 0.02,
-        "intermediate_size": header.intermediate,
-        "layer_norm_eps": header.layer_norm_eps,
-        "max_position_embeddings": header.max_positions,
-        "num_attention_heads": header.heads,
-        "num_hidden_layers": header.layers,
-        "pad_token_id": header.pad_token_id,
-        "bos_token_id": header.bos_token_id,
-        "eos_token_id": header.eos_token_id,
-        "position_embedding_type": "absolute",
-        "tokenizer_class": "XLMRobertaTokenizer",
-        "type_vocab_size": header.type_vocab,
-        "vocab_size": header.vocab,
-    })
+/// The `config.json` of the converted model (a plain `BertModel`, as upstream). A struct
+/// rather than a JSON map keeps the key order, and so the pinned sha256, independent of
+/// serde_json's features.
+#[derive(Debug, serde::Serialize)]
+pub struct BertConfig {
+    pub architectures: [&'static str; 1],
+    pub model_type: &'static str,
+    pub attention_probs_dropout_prob: f32,
+    pub hidden_act: &'static str,
+    pub hidden_dropout_prob: f32,
+    pub hidden_size: usize,
+    pub initializer_range: f32,
+    pub intermediate_size: usize,
+    pub layer_norm_eps: f32,
+    pub max_position_embeddings: usize,
+    pub num_attention_heads: usize,
+    pub num_hidden_layers: usize,
+    pub pad_token_id: u32,
+    pub bos_token_id: u32,
+    pub eos_token_id: u32,
+    pub position_embedding_type: &'static str,
+    pub tokenizer_class: &'static str,
+    pub type_vocab_size: usize,
+    pub vocab_size: usize,
+}
+
+impl BertConfig {
+    pub fn new(header: &Header) -> Self {
+        BertConfig {
+            architectures: ["BertModel"],
+            model_type: "bert",
+            attention_probs_dropout_prob: 0.1,
+            hidden_act: "gelu",
+            hidden_dropout_prob: 0.1,
+            hidden_size: header.hidden,
+            initializer_range: 0.02,
+            intermediate_size: header.intermediate,
+            layer_norm_eps: header.layer_norm_eps,
+            max_position_embeddings: header.max_positions,
+            num_attention_heads: header.heads,
+            num_hidden_layers: header.layers,
+            pad_token_id: header.pad_token_id,
+            bos_token_id: header.bos_token_id,
+            eos_token_id: header.eos_token_id,
+            position_embedding_type: "absolute",
+            tokenizer_class: "XLMRobertaTokenizer",
+            type_vocab_size: header.type_vocab,
+            vocab_size: header.vocab,
+        }
+    }
 }
 
 /// Writes `model.safetensors` (to `safetensors_path`) and returns the `config.json` text.
@@ -361,14 +396,14 @@ pub fn convert(bytes: &[u8], safetensors_path: &Path) -> Result<String, ConvertE
     let tensors = hf_tensors(&file)?;
     let views = tensors
         .iter()
-        .map(|(name, shape, data)| {
-            TensorView::new(Dtype::F32, shape.clone(), data).map(|view| (name.as_str(), view))
+        .map(|t| {
+            TensorView::new(Dtype::F32, t.shape.clone(), &t.data).map(|v| (t.name.as_str(), v))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize_to_file(views, Some(metadata), safetensors_path)?;
-    let config =
-        serde_json::to_string_pretty(&config_json(&file.header)).expect("a JSON value serializes");
+    let config = serde_json::to_string_pretty(&BertConfig::new(&file.header))
+        .expect("a JSON value serializes");
     Ok(config + "\n")
 }
 
@@ -523,7 +558,7 @@ pub(crate) mod tests {
         let tensors = hf_tensors(&file).unwrap();
         let by_name: HashMap<_, _> = tensors
             .iter()
-            .map(|(n, s, d)| (n.as_str(), (s.clone(), d)))
+            .map(|t| (t.name.as_str(), (t.shape.clone(), &t.data)))
             .collect();
         assert_eq!(by_name.len(), 21);
         assert_eq!(by_name["embeddings.word_embeddings.weight"].0, vec![4, 32]);

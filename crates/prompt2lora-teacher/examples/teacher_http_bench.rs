@@ -23,7 +23,10 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name}: cannot parse `{v}`")))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}: cannot parse `{v}`"))
+        })
         .unwrap_or(default)
 }
 
@@ -36,14 +39,19 @@ fn main() {
     }
     let runtime = builder.enable_all().build().expect("runtime");
     match args.get(1).map(String::as_str) {
-        Some("serve") => runtime.block_on(serve(arg(&args, "--port", 8787), arg(&args, "--latency-ms", 200))),
+        Some("serve") => runtime.block_on(serve(
+            arg(&args, "--port", 8787),
+            arg(&args, "--latency-ms", 200),
+        )),
         Some("client") => runtime.block_on(client(
             arg(&args, "--url", "http://127.0.0.1:8787/v1".to_string()),
             arg(&args, "--concurrency", 64),
             arg(&args, "--seconds", 10.0),
             arg(&args, "--latency-ms", 200),
         )),
-        _ => eprintln!("usage: teacher_http_bench serve|client [--port P] [--latency-ms MS] [--url U] [--concurrency C] [--seconds S]"),
+        _ => eprintln!(
+            "usage: teacher_http_bench serve|client [--port P] [--latency-ms MS] [--url U] [--concurrency C] [--seconds S]"
+        ),
     }
 }
 
@@ -51,8 +59,13 @@ async fn serve(port: u16, latency_ms: u64) {
     let app = axum::Router::new()
         .route("/v1/chat/completions", axum::routing::post(answer))
         .with_state(Duration::from_millis(latency_ms));
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await.expect("bind");
-    eprintln!("serving on {} with {latency_ms} ms latency", listener.local_addr().unwrap());
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .expect("bind");
+    eprintln!(
+        "serving on {} with {latency_ms} ms latency",
+        listener.local_addr().unwrap()
+    );
     axum::serve(listener, app).await.expect("serve");
 }
 
@@ -77,7 +90,9 @@ async fn client(url: String, concurrency: usize, seconds: f64, latency_ms: u64) 
     let request = ChatRequest {
         messages: vec![
             ChatMessage::system("You classify customer messages by the intent they express."),
-            ChatMessage::user("The message: I want my money back for the broken kettle. Answer with JSON."),
+            ChatMessage::user(
+                "The message: I want my money back for the broken kettle. Answer with JSON.",
+            ),
         ],
         temperature: 0.0,
         top_p: 1.0,
@@ -92,7 +107,8 @@ async fn client(url: String, concurrency: usize, seconds: f64, latency_ms: u64) 
     let mut workers = Vec::new();
     for _ in 0..concurrency {
         let (teacher, request) = (teacher.clone(), request.clone());
-        let (counting, stop, done, failed) = (counting.clone(), stop.clone(), done.clone(), failed.clone());
+        let (counting, stop, done, failed) =
+            (counting.clone(), stop.clone(), done.clone(), failed.clone());
         workers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let ok = teacher.chat(&request).await.is_ok();

@@ -73,7 +73,10 @@ mod tests {
     use rand::SeedableRng;
 
     fn example(text: &str) -> Example {
-        Example { id: prompt2lora_core::Sample::id_for(text), text: text.into() }
+        Example {
+            id: prompt2lora_core::Sample::id_for(text),
+            text: text.into(),
+        }
     }
 
     #[test]
@@ -88,17 +91,27 @@ mod tests {
         for seed in 0..20 {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let picked = pick_diverse(&pool, 3, &mut rng);
-            let parcels = picked.iter().filter(|e| e.text.starts_with("where is my parcel")).count();
+            let parcels = picked
+                .iter()
+                .filter(|e| e.text.starts_with("where is my parcel"))
+                .count();
             assert_eq!(parcels, 1, "seed {seed}: {picked:?}");
         }
     }
 
     #[test]
     fn varies_between_requests_and_handles_small_pools() {
-        let pool: Vec<Example> = (0..30).map(|i| example(&format!("message number {i} about topic {}", i * 7))).collect();
+        let pool: Vec<Example> = (0..30)
+            .map(|i| example(&format!("message number {i} about topic {}", i * 7)))
+            .collect();
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let sets: HashSet<Vec<String>> = (0..10)
-            .map(|_| pick_diverse(&pool, 4, &mut rng).iter().map(|e| e.id.clone()).collect())
+            .map(|_| {
+                pick_diverse(&pool, 4, &mut rng)
+                    .iter()
+                    .map(|e| e.id.clone())
+                    .collect()
+            })
             .collect();
         assert!(sets.len() > 5, "only {} different sets", sets.len());
         assert_eq!(pick_diverse(&pool[..2], 4, &mut rng).len(), 2);

@@ -68,7 +68,10 @@ impl GenerateOptions {
             budget_usd: t.budget_usd,
             price: match (t.price_prompt, t.price_completion) {
                 (None, None) => None,
-                (p, c) => Some(Price { prompt: p.unwrap_or(0.0), completion: c.unwrap_or(0.0) }),
+                (p, c) => Some(Price {
+                    prompt: p.unwrap_or(0.0),
+                    completion: c.unwrap_or(0.0),
+                }),
             },
             ledger_path: None,
             max_fruitless: 10,
@@ -192,7 +195,11 @@ pub async fn generate(
     futures::future::join_all((0..workers).map(worker)).await;
 
     // Wrap up: flush the ledger, then report or fail.
-    let state = Arc::try_unwrap(run.state).ok().expect("workers are done").into_inner().expect("no panic");
+    let state = Arc::try_unwrap(run.state)
+        .ok()
+        .expect("workers are done")
+        .into_inner()
+        .expect("no panic");
     if let Some(path) = &options.ledger_path {
         state.total_ledger().save(path)?;
     }
@@ -225,11 +232,20 @@ fn open_existing(out: &Path, task: &Task) -> Result<Vec<Sample>, GenerateError> 
     };
     if bytes.last().is_some_and(|&b| b != b'\n') {
         let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        tracing::warn!("{}: removing an interrupted record at the end; it will be redone", out.display());
-        fs_err::OpenOptions::new().write(true).open(out)?.set_len(keep as u64)?;
+        tracing::warn!(
+            "{}: removing an interrupted record at the end; it will be redone",
+            out.display()
+        );
+        fs_err::OpenOptions::new()
+            .write(true)
+            .open(out)?
+            .set_len(keep as u64)?;
     }
     let intents = task.intent_names();
-    let rules = SampleRules { intents: Some(&intents), max_chars: MAX_MESSAGE_CHARS };
+    let rules = SampleRules {
+        intents: Some(&intents),
+        max_chars: MAX_MESSAGE_CHARS,
+    };
     let report = read_samples(out, &rules)?;
     if !report.errors.is_empty() {
         return Err(GenerateError::BadLines(report.errors));
@@ -243,14 +259,21 @@ fn open_existing(out: &Path, task: &Task) -> Result<Vec<Sample>, GenerateError> 
 pub fn read_messages(path: &Path) -> Result<Vec<String>, GenerateError> {
     let text = fs_err::read_to_string(path)?;
     let jsonl = path.extension().is_some_and(|e| e == "jsonl")
-        || text.lines().find(|l| !l.trim().is_empty()).is_some_and(|l| l.trim_start().starts_with('{'));
+        || text
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .is_some_and(|l| l.trim_start().starts_with('{'));
     let mut seen = HashSet::new();
     let (mut messages, mut errors) = (Vec::new(), Vec::new());
     for (index, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let error = |message: String| LineError { path: path.to_path_buf(), line: index + 1, message };
+        let error = |message: String| LineError {
+            path: path.to_path_buf(),
+            line: index + 1,
+            message,
+        };
         let message = if jsonl {
             match serde_json::from_str::<serde_json::Value>(line) {
                 Ok(value) => match value.get("text").and_then(|t| t.as_str()) {
@@ -272,7 +295,9 @@ pub fn read_messages(path: &Path) -> Result<Vec<String>, GenerateError> {
         if message.is_empty() {
             errors.push(error("empty text".into()));
         } else if len > MAX_MESSAGE_CHARS {
-            errors.push(error(format!("text is {len} characters long, over the limit of {MAX_MESSAGE_CHARS}")));
+            errors.push(error(format!(
+                "text is {len} characters long, over the limit of {MAX_MESSAGE_CHARS}"
+            )));
         } else if seen.insert(Sample::id_for(&message)) {
             messages.push(message);
         }
@@ -286,7 +311,13 @@ pub fn read_messages(path: &Path) -> Result<Vec<String>, GenerateError> {
 /// One unit of work.
 enum Job {
     /// Ask for `claim` new messages of intent `intent` (an index into the task's intents).
-    Synthesize { intent: usize, claim: usize, examples: Vec<Example>, variations: Vec<String>, seed: u64 },
+    Synthesize {
+        intent: usize,
+        claim: usize,
+        examples: Vec<Example>,
+        variations: Vec<String>,
+        seed: u64,
+    },
     /// Label one given message.
     Label { text: String },
 }
@@ -341,7 +372,11 @@ impl State {
     }
 
     fn progress(&self) -> Progress {
-        Progress { done: self.resumed + self.written, total: self.target, usd: self.spent() }
+        Progress {
+            done: self.resumed + self.written,
+            total: self.target,
+            usd: self.spent(),
+        }
     }
 
     fn fail(&mut self, error: GenerateError) {
@@ -369,7 +404,15 @@ impl<'a> Run<'a> {
         let mut pools: Vec<Vec<Example>> = task
             .intents
             .iter()
-            .map(|i| i.examples.iter().map(|t| Example { id: Sample::id_for(t), text: t.clone() }).collect())
+            .map(|i| {
+                i.examples
+                    .iter()
+                    .map(|t| Example {
+                        id: Sample::id_for(t),
+                        text: t.clone(),
+                    })
+                    .collect()
+            })
             .collect();
         let mut counted = HashSet::new();
         for sample in &existing {
@@ -377,12 +420,19 @@ impl<'a> Run<'a> {
                 continue;
             }
             *labels.entry(sample.intent.clone()).or_insert(0) += 1;
-            let asked = sample.provenance.requested_intent.as_deref().unwrap_or(&sample.intent);
+            let asked = sample
+                .provenance
+                .requested_intent
+                .as_deref()
+                .unwrap_or(&sample.intent);
             if let Some(i) = names.iter().position(|n| n == asked) {
                 have[i] += 1;
                 *requested.entry(asked.to_string()).or_insert(0) += 1;
                 if sample.intent == asked {
-                    pools[i].push(Example { id: sample.id.clone(), text: sample.text.clone() });
+                    pools[i].push(Example {
+                        id: sample.id.clone(),
+                        text: sample.text.clone(),
+                    });
                 }
             }
         }
@@ -395,7 +445,10 @@ impl<'a> Run<'a> {
                 (quota, Vec::new(), target)
             }
             Some(messages) => {
-                let queue: Vec<String> = messages.into_iter().filter(|m| !seen.contains(&Sample::id_for(m))).collect();
+                let queue: Vec<String> = messages
+                    .into_iter()
+                    .filter(|m| !seen.contains(&Sample::id_for(m)))
+                    .collect();
                 let target = options.samples.max(resumed).min(resumed + queue.len());
                 (vec![0; names.len()], queue, target)
             }
@@ -437,7 +490,9 @@ impl<'a> Run<'a> {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().expect("no worker panicked while holding the state")
+        self.state
+            .lock()
+            .expect("no worker panicked while holding the state")
     }
 
     /// The next job, waiting while the plan depends on jobs in flight; `None` when done.
@@ -462,7 +517,9 @@ impl<'a> Run<'a> {
                         return Some(job);
                     }
                     None if state.jobs == 0 => {
-                        if self.options.label_input.is_some() && state.resumed + state.written < state.target {
+                        if self.options.label_input.is_some()
+                            && state.resumed + state.written < state.target
+                        {
                             state.stop = Some(Ok(Stop::OutOfMessages));
                         }
                         return None;
@@ -477,7 +534,9 @@ impl<'a> Run<'a> {
     /// Stops launching once the money spent, plus what the jobs in flight will likely cost,
     /// reaches the budget.
     fn over_budget(&self, state: &mut State) -> bool {
-        let Some(budget) = self.options.budget_usd else { return false };
+        let Some(budget) = self.options.budget_usd else {
+            return false;
+        };
         let total = state.total_ledger();
         let per_request = total.total_usd() / total.total_requests().max(1) as f64;
         let per_job = per_request * self.requests_per_job() as f64;
@@ -498,7 +557,11 @@ impl<'a> Run<'a> {
         let per_message = match label.method {
             crate::label::LabelMethod::Both => 2,
             _ => 1,
-        } + if label.self_consistency >= 2 { label.self_consistency } else { 0 };
+        } + if label.self_consistency >= 2 {
+            label.self_consistency
+        } else {
+            0
+        };
         match self.options.label_input {
             Some(_) => per_message,
             None => 1 + self.options.per_request * per_message,
@@ -507,16 +570,32 @@ impl<'a> Run<'a> {
 
     fn next_synthesis(&self, state: &mut State) -> Option<Job> {
         let deficit = |i: usize| state.quota[i].saturating_sub(state.have[i] + state.claimed[i]);
-        let intent = (0..self.names.len()).filter(|&i| deficit(i) > 0).max_by_key(|&i| deficit(i))?;
+        let intent = (0..self.names.len())
+            .filter(|&i| deficit(i) > 0)
+            .max_by_key(|&i| deficit(i))?;
         let claim = deficit(intent).min(self.options.per_request);
         state.claimed[intent] += claim;
         state.requests_made += 1;
         // The seed mixes in what the file holds, so a resumed run does not repeat its prompts.
-        let seed = mix(&[self.options.seed, intent as u64, state.have[intent] as u64, state.requests_made]);
+        let seed = mix(&[
+            self.options.seed,
+            intent as u64,
+            state.have[intent] as u64,
+            state.requests_made,
+        ]);
         let mut rng = StdRng::seed_from_u64(seed);
-        let examples = pick_diverse(&state.pools[intent], self.options.few_shot, &mut rng).into_iter().cloned().collect();
+        let examples = pick_diverse(&state.pools[intent], self.options.few_shot, &mut rng)
+            .into_iter()
+            .cloned()
+            .collect();
         let variations = (0..claim).map(|_| prompts::variation(&mut rng)).collect();
-        Some(Job::Synthesize { intent, claim, examples, variations, seed })
+        Some(Job::Synthesize {
+            intent,
+            claim,
+            examples,
+            variations,
+            seed,
+        })
     }
 
     fn next_label(&self, state: &mut State) -> Option<Job> {
@@ -533,8 +612,15 @@ impl<'a> Run<'a> {
     /// Runs a job; returns the progress to report if it wrote anything.
     async fn do_job(&self, job: Job) -> Option<Progress> {
         let wrote = match job {
-            Job::Synthesize { intent, claim, examples, variations, seed } => {
-                self.synthesize(intent, claim, &examples, &variations, seed).await
+            Job::Synthesize {
+                intent,
+                claim,
+                examples,
+                variations,
+                seed,
+            } => {
+                self.synthesize(intent, claim, &examples, &variations, seed)
+                    .await
             }
             Job::Label { text } => {
                 let wrote = self.label_and_write(&text, None, &[], None).await;
@@ -551,7 +637,14 @@ impl<'a> Run<'a> {
         update
     }
 
-    async fn synthesize(&self, intent: usize, claim: usize, examples: &[Example], variations: &[String], seed: u64) -> usize {
+    async fn synthesize(
+        &self,
+        intent: usize,
+        claim: usize,
+        examples: &[Example],
+        variations: &[String],
+        seed: u64,
+    ) -> usize {
         let name = &self.names[intent];
         let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
         let request = ChatRequest {
@@ -592,7 +685,14 @@ impl<'a> Run<'a> {
         let few_shot: Vec<String> = examples.iter().map(|e| e.id.clone()).collect();
         let mut wrote = 0;
         for message in kept {
-            wrote += self.label_and_write(&message, Some(intent), &few_shot, Some(self.options.temperature)).await;
+            wrote += self
+                .label_and_write(
+                    &message,
+                    Some(intent),
+                    &few_shot,
+                    Some(self.options.temperature),
+                )
+                .await;
             self.lock().claimed[intent] -= 1;
         }
 
@@ -603,7 +703,10 @@ impl<'a> Run<'a> {
             state.fruitless[intent] += 1;
             if state.fruitless[intent] >= self.options.max_fruitless {
                 let requests = state.fruitless[intent];
-                state.fail(GenerateError::Fruitless { intent: name.clone(), requests });
+                state.fail(GenerateError::Fruitless {
+                    intent: name.clone(),
+                    requests,
+                });
             }
         }
         wrote
@@ -611,7 +714,10 @@ impl<'a> Run<'a> {
 
     /// A generation answer's messages: `Ok(None)` when the answer stayed unusable after one
     /// repair request.
-    async fn chat_messages(&self, mut request: ChatRequest) -> Result<Option<Vec<String>>, GenerateError> {
+    async fn chat_messages(
+        &self,
+        mut request: ChatRequest,
+    ) -> Result<Option<Vec<String>>, GenerateError> {
         for attempt in 0..2 {
             let started = Instant::now();
             let answer = self.teacher.chat(&request).await?;
@@ -620,9 +726,12 @@ impl<'a> Run<'a> {
                 Ok(messages) => return Ok(Some(messages)),
                 Err(problem) if attempt == 0 => {
                     tracing::debug!("generation answer unusable ({problem}); asking once more");
-                    request.messages = prompts::repair_messages(request.messages, &answer.text, &problem);
+                    request.messages =
+                        prompts::repair_messages(request.messages, &answer.text, &problem);
                 }
-                Err(problem) => tracing::warn!("generation answer unusable after a repair request: {problem}"),
+                Err(problem) => {
+                    tracing::warn!("generation answer unusable after a repair request: {problem}")
+                }
             }
         }
         Ok(None)
@@ -650,7 +759,9 @@ impl<'a> Run<'a> {
                 match error {
                     LabelError::Teacher(error) => state.fail(error.into()),
                     LabelError::Invalid { problem, .. } => {
-                        tracing::debug!("dropping a message whose label stayed unusable: {problem}");
+                        tracing::debug!(
+                            "dropping a message whose label stayed unusable: {problem}"
+                        );
                         state.dropped.unusable_labels += 1;
                     }
                 }
@@ -671,11 +782,22 @@ impl<'a> Run<'a> {
             reason: label.reason,
             provenance: Provenance {
                 teacher: Some(self.teacher.model_id().to_string()),
-                prompt: Some(if requested.is_some() { self.generate_hash.clone() } else { self.label_hash.clone() }),
+                prompt: Some(if requested.is_some() {
+                    self.generate_hash.clone()
+                } else {
+                    self.label_hash.clone()
+                }),
                 temperature: temperature.map(f64::from),
                 requested_intent: requested_name.clone(),
                 few_shot: few_shot.to_vec(),
-                source: Some(if requested.is_some() { "synthesize" } else { "label" }.to_string()),
+                source: Some(
+                    if requested.is_some() {
+                        "synthesize"
+                    } else {
+                        "label"
+                    }
+                    .to_string(),
+                ),
                 created: Some(now_rfc3339()),
             },
         };
@@ -691,7 +813,10 @@ impl<'a> Run<'a> {
             state.have[i] += 1;
             *state.requested.entry(name.clone()).or_insert(0) += 1;
             if sample.intent == name {
-                state.pools[i].push(Example { id: sample.id, text: sample.text });
+                state.pools[i].push(Example {
+                    id: sample.id,
+                    text: sample.text,
+                });
             }
         }
         1
@@ -700,12 +825,16 @@ impl<'a> Run<'a> {
     fn book(&self, requests: u64, usage: prompt2lora_core::Usage, started: Instant) {
         let seconds = started.elapsed().as_secs_f64();
         let model = self.teacher.model_id();
-        self.lock().ledger.record(model, requests, usage, seconds, self.options.price);
+        self.lock()
+            .ledger
+            .record(model, requests, usage, seconds, self.options.price);
     }
 
     /// Writes the ledger at most once a second (and always when `force`).
     fn save_ledger(&self, state: &mut State, force: bool) {
-        let Some(path) = &self.ledger_path else { return };
+        let Some(path) = &self.ledger_path else {
+            return;
+        };
         if !force && state.saved_at.elapsed().as_secs_f64() < 1.0 {
             return;
         }
@@ -785,7 +914,16 @@ pub fn estimate(
     use crate::openai::estimate_tokens;
 
     let existing = match out.exists() {
-        true => read_samples(out, &SampleRules { intents: None, max_chars: MAX_MESSAGE_CHARS })?.records,
+        true => {
+            read_samples(
+                out,
+                &SampleRules {
+                    intents: None,
+                    max_chars: MAX_MESSAGE_CHARS,
+                },
+            )?
+            .records
+        }
         false => Vec::new(),
     };
     let names = task.intent_names();
@@ -812,7 +950,9 @@ pub fn estimate(
     let remaining_texts: Vec<String> = match &options.label_input {
         Some(path) => {
             let done: HashSet<String> = existing.iter().map(|s| s.id.clone()).collect();
-            let queue = read_messages(path)?.into_iter().filter(|m| !done.contains(&Sample::id_for(m)));
+            let queue = read_messages(path)?
+                .into_iter()
+                .filter(|m| !done.contains(&Sample::id_for(m)));
             let room = options.samples.saturating_sub(existing.len());
             queue.take(room).collect()
         }
@@ -820,19 +960,42 @@ pub fn estimate(
             let quota = spread(options.samples, names.len());
             let mut remaining = Vec::new();
             for (i, name) in names.iter().enumerate() {
-                let have = existing.iter().filter(|s| s.provenance.requested_intent.as_deref().unwrap_or(&s.intent) == name).count();
+                let have = existing
+                    .iter()
+                    .filter(|s| {
+                        s.provenance
+                            .requested_intent
+                            .as_deref()
+                            .unwrap_or(&s.intent)
+                            == name
+                    })
+                    .count();
                 let need = quota[i].saturating_sub(have);
                 if need == 0 {
                     continue;
                 }
                 let per = options.per_request.max(1);
                 let n = ((need as f64 * (1.0 + GENERATION_LOSS)) / per as f64).ceil() as u64;
-                let examples: Vec<&str> = task.intents[i].examples.iter().take(options.few_shot).map(String::as_str).collect();
+                let examples: Vec<&str> = task.intents[i]
+                    .examples
+                    .iter()
+                    .take(options.few_shot)
+                    .map(String::as_str)
+                    .collect();
                 let variations = vec!["a typical customer, neutral tone, one sentence, sent by live chat, mentioning a product".to_string(); per];
                 let prompt = prompts::generate_messages(task, name, &examples, &variations);
-                let prompt_tokens: usize = prompt.iter().map(|m| estimate_tokens(&m.content) + 4).sum();
-                book(n, prompt_tokens as u64, per as u64 * (typical_message + 4) + 8);
-                let sample_text = task.intents[i].examples.first().cloned().unwrap_or_else(|| "x".repeat(4 * typical_message as usize));
+                let prompt_tokens: usize =
+                    prompt.iter().map(|m| estimate_tokens(&m.content) + 4).sum();
+                book(
+                    n,
+                    prompt_tokens as u64,
+                    per as u64 * (typical_message + 4) + 8,
+                );
+                let sample_text = task.intents[i]
+                    .examples
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "x".repeat(4 * typical_message as usize));
                 remaining.extend(std::iter::repeat_n(sample_text, need));
             }
             remaining
@@ -845,10 +1008,16 @@ pub fn estimate(
         LabelMethod::Auto => LabelMethod::Json,
         other => other,
     };
-    let choices = names.iter().map(|n| estimate_tokens(n) as u64 + 1).sum::<u64>();
+    let choices = names
+        .iter()
+        .map(|n| estimate_tokens(n) as u64 + 1)
+        .sum::<u64>();
     for text in &remaining_texts {
         let tokens = |messages: Vec<prompt2lora_core::ChatMessage>| -> u64 {
-            messages.iter().map(|m| estimate_tokens(&m.content) as u64 + 4).sum()
+            messages
+                .iter()
+                .map(|m| estimate_tokens(&m.content) as u64 + 4)
+                .sum()
         };
         let name_prompt = tokens(prompts::label_name_messages(task, text));
         let json_prompt = tokens(prompts::label_json_messages(task, text));
@@ -859,7 +1028,11 @@ pub fn estimate(
             book(1, json_prompt, 45);
         }
         if options.label.self_consistency >= 2 {
-            let (prompt, completion) = if method == LabelMethod::Score { (name_prompt, 6) } else { (json_prompt, 45) };
+            let (prompt, completion) = if method == LabelMethod::Score {
+                (name_prompt, 6)
+            } else {
+                (json_prompt, 45)
+            };
             book(options.label.self_consistency as u64, prompt, completion);
         }
     }
@@ -912,13 +1085,25 @@ mod tests {
     fn label_input_reads_lines_and_jsonl_with_line_errors() {
         let dir = tempfile::tempdir().unwrap();
         let plain = dir.path().join("m.txt");
-        fs_err::write(&plain, "where is my parcel\n\n  Where is my parcel? \nrefund please\n").unwrap();
-        assert_eq!(read_messages(&plain).unwrap(), vec!["where is my parcel", "refund please"]);
+        fs_err::write(
+            &plain,
+            "where is my parcel\n\n  Where is my parcel? \nrefund please\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_messages(&plain).unwrap(),
+            vec!["where is my parcel", "refund please"]
+        );
         let jsonl = dir.path().join("m.jsonl");
         fs_err::write(&jsonl, "{\"text\": \"a\"}\n{\"txt\": \"b\"}\nnot json\n").unwrap();
-        let GenerateError::BadLines(errors) = read_messages(&jsonl).unwrap_err() else { panic!() };
+        let GenerateError::BadLines(errors) = read_messages(&jsonl).unwrap_err() else {
+            panic!()
+        };
         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        assert!(lines[0].ends_with("m.jsonl:2: no string field `text`"), "{lines:?}");
+        assert!(
+            lines[0].ends_with("m.jsonl:2: no string field `text`"),
+            "{lines:?}"
+        );
         assert!(lines[1].contains("m.jsonl:3: bad JSON"), "{lines:?}");
     }
 }

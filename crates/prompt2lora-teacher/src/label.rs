@@ -3,7 +3,9 @@
 //! agreement over sampled labels). Used by generate and by `eval --teacher`.
 
 use prompt2lora_core::teacher::ChoiceScores;
-use prompt2lora_core::{ChatMessage, ChatRequest, Task, Teacher, TeacherError, TokenLogprob, Usage};
+use prompt2lora_core::{
+    ChatMessage, ChatRequest, Task, Teacher, TeacherError, TokenLogprob, Usage,
+};
 
 use crate::prompts;
 
@@ -30,7 +32,9 @@ impl std::str::FromStr for LabelMethod {
             "score" => Ok(LabelMethod::Score),
             "json" => Ok(LabelMethod::Json),
             "both" => Ok(LabelMethod::Both),
-            _ => Err(format!("`{s}` is not a label method: use auto, score, json or both")),
+            _ => Err(format!(
+                "`{s}` is not a label method: use auto, score, json or both"
+            )),
         }
     }
 }
@@ -103,11 +107,17 @@ pub async fn label_text(
     text: &str,
     options: &LabelOptions,
 ) -> Result<Label, LabelError> {
+    // Votes ask for the bare intent name where the teacher scores names, else for JSON.
+    let mut by_name = true;
     let mut label = match options.method {
-        LabelMethod::Json => label_by_json(teacher, task, text, options).await?,
+        LabelMethod::Json => {
+            by_name = false;
+            label_by_json(teacher, task, text, options).await?
+        }
         LabelMethod::Score => label_by_score(teacher, task, text).await?,
         LabelMethod::Auto => match label_by_score(teacher, task, text).await {
             Err(LabelError::Teacher(TeacherError::Unsupported(_))) => {
+                by_name = false;
                 label_by_json(teacher, task, text, options).await?
             }
             other => other?,
@@ -127,7 +137,7 @@ pub async fn label_text(
         }
     };
     if options.self_consistency >= 2 {
-        let votes = vote(teacher, task, text, options).await;
+        let votes = vote(teacher, task, text, options, by_name).await;
         let mut agree = 0;
         for vote in &votes {
             if let Ok((intent, usage)) = vote {
@@ -141,12 +151,18 @@ pub async fn label_text(
     Ok(label)
 }
 
-async fn label_by_score(teacher: &dyn Teacher, task: &Task, text: &str) -> Result<Label, LabelError> {
+async fn label_by_score(
+    teacher: &dyn Teacher,
+    task: &Task,
+    text: &str,
+) -> Result<Label, LabelError> {
     let names = task.intent_names();
     let messages = prompts::label_name_messages(task, text);
     let ChoiceScores { logprobs, usage } = teacher.score_choices(&messages, &names).await?;
     let probs = softmax(&logprobs);
-    let best = (0..names.len()).max_by(|&a, &b| probs[a].total_cmp(&probs[b])).expect("two intents or more");
+    let best = (0..names.len())
+        .max_by(|&a, &b| probs[a].total_cmp(&probs[b]))
+        .expect("two intents or more");
     Ok(Label {
         intent: names[best].clone(),
         confidence: None,
@@ -168,14 +184,15 @@ async fn label_by_json(
     let mut usage = Usage::default();
     for requests in 1..=2 {
         let request = json_request(task, messages.clone(), 0.0, options.seed);
-        let answer = teacher.chat_with_logprobs(&request, options.top_logprobs).await?;
+        let answer = teacher
+            .chat_with_logprobs(&request, options.top_logprobs)
+            .await?;
         usage += answer.response.usage;
         let problem = match prompts::parse_label(task, &answer.response.text) {
             Ok(parsed) => {
-                let label_logprob = answer
-                    .tokens
-                    .as_deref()
-                    .and_then(|tokens| intent_probability(tokens, &task.intent_names(), &parsed.intent));
+                let label_logprob = answer.tokens.as_deref().and_then(|tokens| {
+                    intent_probability(tokens, &task.intent_names(), &parsed.intent)
+                });
                 return Ok(Label {
                     intent: parsed.intent,
                     confidence: parsed.confidence,
@@ -189,7 +206,10 @@ async fn label_by_json(
             Err(problem) => problem,
         };
         if requests == 2 {
-            return Err(LabelError::Invalid { problem, answer: answer.response.text });
+            return Err(LabelError::Invalid {
+                problem,
+                answer: answer.response.text,
+            });
         }
         tracing::debug!("label answer unusable ({problem}); asking once more");
         messages = prompts::repair_messages(messages, &answer.response.text, &problem);
@@ -197,7 +217,12 @@ async fn label_by_json(
     unreachable!("the loop returns on its second pass")
 }
 
-fn json_request(task: &Task, messages: Vec<ChatMessage>, temperature: f32, seed: Option<u64>) -> ChatRequest {
+fn json_request(
+    task: &Task,
+    messages: Vec<ChatMessage>,
+    temperature: f32,
+    seed: Option<u64>,
+) -> ChatRequest {
     ChatRequest {
         messages,
         temperature,
@@ -215,9 +240,8 @@ async fn vote(
     task: &Task,
     text: &str,
     options: &LabelOptions,
+    by_name: bool,
 ) -> Vec<Result<(String, Usage), LabelError>> {
-    let by_name = matches!(options.method, LabelMethod::Score)
-        || (options.method == LabelMethod::Auto && teacher_scores(teacher, task).await);
     let requests = (0..options.self_consistency).map(|i| {
         let seed = options.seed.map(|s| s.wrapping_add(1 + i as u64));
         async move {
@@ -231,30 +255,28 @@ async fn vote(
                     seed,
                 };
                 let answer = teacher.chat(&request).await?;
-                let intent = prompts::match_intent(task, &answer.text).ok_or_else(|| LabelError::Invalid {
-                    problem: "not an intent name".into(),
-                    answer: answer.text.clone(),
+                let intent = prompts::match_intent(task, &answer.text).ok_or_else(|| {
+                    LabelError::Invalid {
+                        problem: "not an intent name".into(),
+                        answer: answer.text.clone(),
+                    }
                 })?;
                 Ok::<_, LabelError>((intent, answer.usage))
             } else {
                 let messages = prompts::label_json_messages(task, text);
                 let request = json_request(task, messages, options.vote_temperature, seed);
                 let answer = teacher.chat(&request).await?;
-                let parsed = prompts::parse_label(task, &answer.text)
-                    .map_err(|problem| LabelError::Invalid { problem, answer: answer.text.clone() })?;
+                let parsed = prompts::parse_label(task, &answer.text).map_err(|problem| {
+                    LabelError::Invalid {
+                        problem,
+                        answer: answer.text.clone(),
+                    }
+                })?;
                 Ok((parsed.intent, answer.usage))
             }
         }
     });
     futures::future::join_all(requests).await
-}
-
-/// Whether the teacher scores answers (asked with a one-token probe only when `Auto` needs to
-/// know; teachers that cannot answer at once).
-async fn teacher_scores(teacher: &dyn Teacher, task: &Task) -> bool {
-    let names = task.intent_names();
-    let probe = [ChatMessage::user("?")];
-    !matches!(teacher.score_choices(&probe, &names[..1]).await, Err(TeacherError::Unsupported(_)))
 }
 
 /// Normalised probabilities from log-probabilities.
@@ -278,7 +300,10 @@ pub fn softmax(logprobs: &[f64]) -> Vec<f64> {
 /// the endpoint lists no alternatives, the probability of the chosen name's own tokens is
 /// returned unnormalised.
 pub fn intent_probability(tokens: &[TokenLogprob], names: &[String], chosen: &str) -> Option<f64> {
-    let text: Vec<u8> = tokens.iter().flat_map(|t| t.bytes.iter().copied()).collect();
+    let text: Vec<u8> = tokens
+        .iter()
+        .flat_map(|t| t.bytes.iter().copied())
+        .collect();
     let start = value_start(&text, b"\"intent\"")?;
     let (mut index, mut offset) = (0, start);
     while offset >= tokens.get(index)?.bytes.len() {
@@ -289,7 +314,10 @@ pub fn intent_probability(tokens: &[TokenLogprob], names: &[String], chosen: &st
         let quoted = serde_json::to_string(name).expect("strings serialise");
         quoted.as_bytes()[1..].to_vec() // the value and its closing quote, without the opening one
     };
-    let scores: Vec<Option<f64>> = names.iter().map(|n| score_along(tokens, index, offset, &json_value(n))).collect();
+    let scores: Vec<Option<f64>> = names
+        .iter()
+        .map(|n| score_along(tokens, index, offset, &json_value(n)))
+        .collect();
     let chosen_at = names.iter().position(|n| n == chosen)?;
     let own = scores[chosen_at]?;
     if scores.iter().all(Option::is_some) {
@@ -302,7 +330,10 @@ pub fn intent_probability(tokens: &[TokenLogprob], names: &[String], chosen: &st
 /// Byte offset where the string value of `key` starts (after its opening quote).
 fn value_start(text: &[u8], key: &[u8]) -> Option<usize> {
     let at = text.windows(key.len()).position(|w| w == key)? + key.len();
-    let mut rest = text[at..].iter().enumerate().skip_while(|(_, b)| b.is_ascii_whitespace());
+    let mut rest = text[at..]
+        .iter()
+        .enumerate()
+        .skip_while(|(_, b)| b.is_ascii_whitespace());
     let (_, &colon) = rest.next()?;
     if colon != b':' {
         return None;
@@ -320,7 +351,11 @@ fn score_along(tokens: &[TokenLogprob], index: usize, offset: usize, choice: &[u
         if rest.is_empty() {
             break;
         }
-        let lead: &[u8] = if i == index { &token.bytes[..offset] } else { &[] };
+        let lead: &[u8] = if i == index {
+            &token.bytes[..offset]
+        } else {
+            &[]
+        };
         let consumed = |candidate: &[u8]| -> Option<usize> {
             let body = candidate.strip_prefix(lead).filter(|b| !b.is_empty())?;
             if rest.starts_with(body) {
@@ -334,7 +369,12 @@ fn score_along(tokens: &[TokenLogprob], index: usize, offset: usize, choice: &[u
             rest = &rest[n..];
             continue;
         }
-        let best = token.top.iter().filter(|(t, _)| consumed(t).is_some()).map(|(_, lp)| *lp).reduce(f64::max);
+        let best = token
+            .top
+            .iter()
+            .filter(|(t, _)| consumed(t).is_some())
+            .map(|(_, lp)| *lp)
+            .reduce(f64::max);
         let floor = token.top.iter().map(|(_, lp)| *lp).reduce(f64::min);
         return best.or(floor).map(|lp| total + lp);
     }
@@ -349,7 +389,10 @@ mod tests {
         TokenLogprob {
             bytes: text.as_bytes().to_vec(),
             logprob,
-            top: top.iter().map(|(t, lp)| (t.as_bytes().to_vec(), *lp)).collect(),
+            top: top
+                .iter()
+                .map(|(t, lp)| (t.as_bytes().to_vec(), *lp))
+                .collect(),
         }
     }
 
@@ -366,11 +409,20 @@ mod tests {
             token("intent", 0.0, &[]),
             token("\":", 0.0, &[]),
             token(" \"", 0.0, &[]),
-            token("ref", (0.7f64).ln(), &[("ref", (0.7f64).ln()), ("ship", (0.2f64).ln()), ("other", (0.05f64).ln())]),
+            token(
+                "ref",
+                (0.7f64).ln(),
+                &[
+                    ("ref", (0.7f64).ln()),
+                    ("ship", (0.2f64).ln()),
+                    ("other", (0.05f64).ln()),
+                ],
+            ),
             token("und", 0.0, &[]),
             token("\",", 0.0, &[]),
         ];
-        let p = intent_probability(&tokens, &names(&["refund", "shipping", "other"]), "refund").unwrap();
+        let p = intent_probability(&tokens, &names(&["refund", "shipping", "other"]), "refund")
+            .unwrap();
         assert!((p - 0.7 / 0.95).abs() < 1e-9, "{p}");
         // A name missing from the alternatives gets the lowest listed log-probability.
         let p = intent_probability(&tokens, &names(&["refund", "invoice"]), "refund").unwrap();
@@ -382,9 +434,21 @@ mod tests {
         // `": "re` carries the opening quote and the first letters.
         let tokens = vec![
             token("{\"intent", 0.0, &[]),
-            token("\": \"re", (0.5f64).ln(), &[("\": \"re", (0.5f64).ln()), ("\": \"sh", (0.5f64).ln())]),
-            token("fund", (0.8f64).ln(), &[("fund", (0.8f64).ln()), ("fund_status", (0.2f64).ln())]),
-            token("\"}", (0.9f64).ln(), &[("\"}", (0.9f64).ln()), ("_status", (0.1f64).ln())]),
+            token(
+                "\": \"re",
+                (0.5f64).ln(),
+                &[("\": \"re", (0.5f64).ln()), ("\": \"sh", (0.5f64).ln())],
+            ),
+            token(
+                "fund",
+                (0.8f64).ln(),
+                &[("fund", (0.8f64).ln()), ("fund_status", (0.2f64).ln())],
+            ),
+            token(
+                "\"}",
+                (0.9f64).ln(),
+                &[("\"}", (0.9f64).ln()), ("_status", (0.1f64).ln())],
+            ),
         ];
         // refund 0.5 * 0.8 * 0.9, refund_status 0.5 * 0.8 * 0.1, shipping 0.5 (then certain).
         let all = names(&["refund", "refund_status", "shipping"]);
@@ -396,7 +460,11 @@ mod tests {
 
     #[test]
     fn without_alternatives_the_own_probability_is_returned() {
-        let tokens = vec![token("{\"intent\": \"", 0.0, &[]), token("other", (0.6f64).ln(), &[]), token("\"}", 0.0, &[])];
+        let tokens = vec![
+            token("{\"intent\": \"", 0.0, &[]),
+            token("other", (0.6f64).ln(), &[]),
+            token("\"}", 0.0, &[]),
+        ];
         let p = intent_probability(&tokens, &names(&["refund", "other"]), "other").unwrap();
         assert!((p - 0.6).abs() < 1e-9);
         assert!(intent_probability(&tokens[1..], &names(&["other"]), "other").is_none());
@@ -409,9 +477,121 @@ mod tests {
         assert_eq!(softmax(&[f64::NEG_INFINITY; 2]), vec![0.5, 0.5]);
     }
 
+    /// Scores `shipping` at 0.6 and every other intent at 0.2, and answers chats with
+    /// `shipping`.
+    struct Scoring;
+
+    #[async_trait::async_trait]
+    impl Teacher for Scoring {
+        fn model_id(&self) -> &str {
+            "scoring"
+        }
+
+        async fn chat(
+            &self,
+            request: &ChatRequest,
+        ) -> Result<prompt2lora_core::ChatResponse, TeacherError> {
+            let last = &request.messages.last().unwrap().content;
+            let text = match last.ends_with("intent name only.") {
+                true => "shipping",
+                false => r#"{"intent": "shipping", "confidence": 0.7, "reason": "asks where"}"#,
+            };
+            let usage = Usage {
+                prompt_tokens: 10,
+                completion_tokens: 2,
+            };
+            Ok(prompt2lora_core::ChatResponse {
+                text: text.into(),
+                usage,
+            })
+        }
+
+        async fn score_choices(
+            &self,
+            _: &[ChatMessage],
+            choices: &[String],
+        ) -> Result<ChoiceScores, TeacherError> {
+            let logprobs = choices
+                .iter()
+                .map(|c| {
+                    if c == "shipping" {
+                        0.6f64.ln()
+                    } else {
+                        0.2f64.ln()
+                    }
+                })
+                .collect();
+            Ok(ChoiceScores {
+                logprobs,
+                usage: Usage {
+                    prompt_tokens: 30,
+                    completion_tokens: 0,
+                },
+            })
+        }
+    }
+
+    fn task() -> Task {
+        let source = r#"
+name = "shop"
+language = "en"
+[[intents]]
+name = "refund"
+description = "Money back."
+[[intents]]
+name = "shipping"
+description = "Where a parcel is."
+[[intents]]
+name = "other"
+description = "Anything else."
+"#;
+        Task::parse(source, std::path::Path::new("t.toml")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn scoring_teachers_label_by_score_and_vote_by_name() {
+        let options = LabelOptions {
+            self_consistency: 2,
+            ..LabelOptions::default()
+        };
+        let label = label_text(&Scoring, &task(), "where is it", &options)
+            .await
+            .unwrap();
+        assert_eq!(label.intent, "shipping");
+        assert!((label.label_logprob.unwrap() - 0.6).abs() < 1e-12);
+        assert_eq!((label.confidence, label.reason.as_deref()), (None, None));
+        assert_eq!((label.agreement, label.requests), (Some(1.0), 3));
+        assert_eq!(
+            label.usage,
+            Usage {
+                prompt_tokens: 50,
+                completion_tokens: 4
+            }
+        );
+
+        let both = LabelOptions {
+            method: LabelMethod::Both,
+            ..LabelOptions::default()
+        };
+        let label = label_text(&Scoring, &task(), "where is it", &both)
+            .await
+            .unwrap();
+        assert_eq!(
+            (label.confidence, label.reason.as_deref()),
+            (Some(0.7), Some("asks where"))
+        );
+        assert!((label.label_logprob.unwrap() - 0.6).abs() < 1e-12);
+        assert_eq!(label.requests, 2);
+    }
+
     #[test]
     fn methods_parse() {
         assert_eq!("both".parse::<LabelMethod>().unwrap(), LabelMethod::Both);
-        assert!("logprob".parse::<LabelMethod>().unwrap_err().contains("auto, score, json or both"));
+        assert!(
+            "logprob"
+                .parse::<LabelMethod>()
+                .unwrap_err()
+                .contains("auto, score, json or both")
+        );
     }
 }

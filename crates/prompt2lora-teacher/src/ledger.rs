@@ -15,10 +15,14 @@ pub struct Price {
 }
 
 impl Price {
-    pub const FREE: Price = Price { prompt: 0.0, completion: 0.0 };
+    pub const FREE: Price = Price {
+        prompt: 0.0,
+        completion: 0.0,
+    };
 
     pub fn cost(&self, usage: Usage) -> f64 {
-        (usage.prompt_tokens as f64 * self.prompt + usage.completion_tokens as f64 * self.completion)
+        (usage.prompt_tokens as f64 * self.prompt
+            + usage.completion_tokens as f64 * self.completion)
             / 1e6
     }
 }
@@ -45,7 +49,11 @@ const PRICES: &[(&str, f64, f64)] = &[
 
 /// The built-in price of a hosted model, if it is in the list.
 pub fn builtin_price(model: &str) -> Option<Price> {
-    let name = model.rsplit('/').next().unwrap_or(model).to_ascii_lowercase();
+    let name = model
+        .rsplit('/')
+        .next()
+        .unwrap_or(model)
+        .to_ascii_lowercase();
     PRICES
         .iter()
         .filter(|(prefix, _, _)| name.starts_with(prefix))
@@ -79,15 +87,20 @@ pub enum LedgerError {
     #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("{path}: not a ledger ({source})")]
-    Parse { path: String, source: serde_json::Error },
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
 }
 
 impl Ledger {
     /// Reads a ledger; a missing file is an empty ledger.
     pub fn load(path: &Path) -> Result<Ledger, LedgerError> {
         match fs_err::read_to_string(path) {
-            Ok(text) => serde_json::from_str(&text)
-                .map_err(|source| LedgerError::Parse { path: path.display().to_string(), source }),
+            Ok(text) => serde_json::from_str(&text).map_err(|source| LedgerError::Parse {
+                path: path.display().to_string(),
+                source,
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Ledger::default()),
             Err(e) => Err(e.into()),
         }
@@ -143,7 +156,10 @@ impl Ledger {
     pub fn total_usage(&self) -> Usage {
         let mut usage = Usage::default();
         for m in self.models.values() {
-            usage += Usage { prompt_tokens: m.prompt_tokens, completion_tokens: m.completion_tokens };
+            usage += Usage {
+                prompt_tokens: m.prompt_tokens,
+                completion_tokens: m.completion_tokens,
+            };
         }
         usage
     }
@@ -159,7 +175,10 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins_and_provider_is_ignored() {
-        assert_eq!(builtin_price("gpt-4o-mini-2024-07-18").unwrap().prompt, 0.15);
+        assert_eq!(
+            builtin_price("gpt-4o-mini-2024-07-18").unwrap().prompt,
+            0.15
+        );
         assert_eq!(builtin_price("openai/gpt-4o").unwrap().prompt, 2.50);
         assert_eq!(builtin_price("gpt-4.1-mini").unwrap().completion, 1.60);
         assert!(builtin_price("qwen2.5-1.5b").is_none());
@@ -170,9 +189,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.json");
         let mut ledger = Ledger::load(&path).unwrap();
-        let usage = Usage { prompt_tokens: 1_000_000, completion_tokens: 500_000 };
-        ledger.record("m", 1, usage, 2.0, Some(Price { prompt: 1.0, completion: 4.0 }));
-        ledger.record("m", 1, usage, 1.0, Some(Price { prompt: 1.0, completion: 4.0 }));
+        let usage = Usage {
+            prompt_tokens: 1_000_000,
+            completion_tokens: 500_000,
+        };
+        ledger.record(
+            "m",
+            1,
+            usage,
+            2.0,
+            Some(Price {
+                prompt: 1.0,
+                completion: 4.0,
+            }),
+        );
+        ledger.record(
+            "m",
+            1,
+            usage,
+            1.0,
+            Some(Price {
+                prompt: 1.0,
+                completion: 4.0,
+            }),
+        );
         ledger.record("free", 1, usage, 1.0, None);
         assert!((ledger.total_usd() - 6.0).abs() < 1e-9);
         assert_eq!(ledger.total_requests(), 3);

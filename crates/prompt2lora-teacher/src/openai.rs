@@ -115,7 +115,10 @@ pub struct OpenAiTeacher {
 
 impl std::fmt::Debug for OpenAiTeacher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiTeacher").field("url", &self.inner.url).field("config", &self.inner.config).finish()
+        f.debug_struct("OpenAiTeacher")
+            .field("url", &self.inner.url)
+            .field("config", &self.inner.config)
+            .finish()
     }
 }
 
@@ -139,7 +142,10 @@ pub enum ConfigError {
 
 /// One attempt's outcome, before the retry loop decides.
 enum Failure {
-    Retry { message: String, after: Option<Duration> },
+    Retry {
+        message: String,
+        after: Option<Duration>,
+    },
     /// An optional feature was refused: try again without it, right away.
     Downgraded,
     Fatal(String),
@@ -185,7 +191,9 @@ impl OpenAiTeacher {
             client,
             config,
         };
-        Ok(OpenAiTeacher { inner: Arc::new(inner) })
+        Ok(OpenAiTeacher {
+            inner: Arc::new(inner),
+        })
     }
 
     pub fn config(&self) -> &OpenAiConfig {
@@ -216,9 +224,13 @@ impl OpenAiTeacher {
             };
             if attempt >= inner.config.max_retries {
                 let tries = attempt + 1;
-                return Err(TeacherError::Transient(format!("{message} (gave up after {tries} attempts)")));
+                return Err(TeacherError::Transient(format!(
+                    "{message} (gave up after {tries} attempts)"
+                )));
             }
-            let wait = after.unwrap_or_else(|| inner.backoff(attempt)).min(inner.config.backoff_max);
+            let wait = after
+                .unwrap_or_else(|| inner.backoff(attempt))
+                .min(inner.config.backoff_max);
             tracing::warn!("{message}; retrying in {:.1} s", wait.as_secs_f64());
             tokio::time::sleep(wait).await;
             attempt += 1;
@@ -232,7 +244,8 @@ impl Inner {
             Some(_) => self.capabilities.schema.load(Ordering::Relaxed),
             None => SCHEMA_NONE,
         };
-        let logprobs = top.filter(|_| self.capabilities.logprobs.load(Ordering::Relaxed) != LOGPROBS_NO);
+        let logprobs =
+            top.filter(|_| self.capabilities.logprobs.load(Ordering::Relaxed) != LOGPROBS_NO);
         Extras { schema, logprobs }
     }
 
@@ -248,7 +261,10 @@ impl Inner {
             body["seed"] = json!(seed);
         }
         if let Some(schema) = &request.json_schema {
-            let name = schema.get("title").and_then(Value::as_str).unwrap_or("answer");
+            let name = schema
+                .get("title")
+                .and_then(Value::as_str)
+                .unwrap_or("answer");
             match extras.schema {
                 SCHEMA_STRICT => {
                     body["response_format"] = json!({
@@ -276,8 +292,13 @@ impl Inner {
             limiter.until_ready().await;
         }
         if let Some(limiter) = &self.tokens {
-            let prompt: usize = request.messages.iter().map(|m| estimate_tokens(&m.content) + 4).sum();
-            let wanted = (prompt as u64 + u64::from(request.max_tokens)).min(u64::from(u32::MAX)) as u32;
+            let prompt: usize = request
+                .messages
+                .iter()
+                .map(|m| estimate_tokens(&m.content) + 4)
+                .sum();
+            let wanted =
+                (prompt as u64 + u64::from(request.max_tokens)).min(u64::from(u32::MAX)) as u32;
             let capacity = self.config.tokens_per_minute;
             let n = NonZeroU32::new(wanted.clamp(1, capacity)).expect("at least 1");
             // Cannot fail: `n` is clamped to the burst size.
@@ -286,7 +307,10 @@ impl Inner {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self.config.backoff_base.saturating_mul(1 << attempt.min(16));
+        let ceiling = self
+            .config
+            .backoff_base
+            .saturating_mul(1 << attempt.min(16));
         let ceiling = ceiling.min(self.config.backoff_max);
         ceiling.mul_f64(rand::rng().random_range(0.5..=1.0))
     }
@@ -294,13 +318,23 @@ impl Inner {
     async fn attempt(&self, body: &Value, extras: Extras) -> Result<ChatWithLogprobs, Failure> {
         let response = match self.client.post(&self.url).json(body).send().await {
             Ok(response) => response,
-            Err(e) => return Err(Failure::Retry { message: describe_reqwest(&e), after: None }),
+            Err(e) => {
+                return Err(Failure::Retry {
+                    message: describe_reqwest(&e),
+                    after: None,
+                });
+            }
         };
         let status = response.status();
         let retry_after = retry_after(response.headers());
         let text = match response.text().await {
             Ok(text) => text,
-            Err(e) => return Err(Failure::Retry { message: describe_reqwest(&e), after: None }),
+            Err(e) => {
+                return Err(Failure::Retry {
+                    message: describe_reqwest(&e),
+                    after: None,
+                });
+            }
         };
         if !status.is_success() {
             return Err(self.refusal(status, &text, retry_after, extras));
@@ -322,14 +356,20 @@ impl Inner {
     ) -> Failure {
         let message = format!("{} answered {status}: {}", self.url, snippet(text));
         if status.as_u16() == 429 {
-            return Failure::Retry { message, after: retry_after };
+            return Failure::Retry {
+                message,
+                after: retry_after,
+            };
         }
         if self.downgrade(status, text, extras) {
             tracing::debug!("{message}; trying again without that feature");
             return Failure::Downgraded;
         }
         if status.is_server_error() || matches!(status.as_u16(), 408 | 409) {
-            return Failure::Retry { message, after: retry_after };
+            return Failure::Retry {
+                message,
+                after: retry_after,
+            };
         }
         Failure::Fatal(message)
     }
@@ -342,25 +382,51 @@ impl Inner {
     /// names, or the only unconfirmed one.
     fn downgrade(&self, status: reqwest::StatusCode, text: &str, extras: Extras) -> bool {
         let caps = &self.capabilities;
+        // Another request already switched off a feature this one used: just ask again.
+        let stale_logprobs =
+            extras.logprobs.is_some() && caps.logprobs.load(Ordering::Relaxed) == LOGPROBS_NO;
+        if stale_logprobs || extras.schema < caps.schema.load(Ordering::Relaxed) {
+            return true;
+        }
         let lower = text.to_ascii_lowercase();
         let names_logprobs = lower.contains("logprob");
-        let names_schema = ["response_format", "json_schema", "schema", "format"].iter().any(|w| lower.contains(w));
+        let names_schema = ["response_format", "json_schema", "schema", "format"]
+            .iter()
+            .any(|w| lower.contains(w));
         let client = matches!(status.as_u16(), 400 | 422);
-        let logprobs_open = extras.logprobs.is_some() && caps.logprobs.load(Ordering::Relaxed) == LOGPROBS_UNKNOWN;
-        let schema_open = extras.schema != SCHEMA_NONE && !caps.schema_confirmed.load(Ordering::Relaxed);
-        let blame_logprobs = logprobs_open && (names_logprobs || (client && !schema_open && !names_schema));
+        let logprobs_open =
+            extras.logprobs.is_some() && caps.logprobs.load(Ordering::Relaxed) == LOGPROBS_UNKNOWN;
+        let schema_open =
+            extras.schema != SCHEMA_NONE && !caps.schema_confirmed.load(Ordering::Relaxed);
+        let blame_logprobs =
+            logprobs_open && (names_logprobs || (client && !schema_open && !names_schema));
         let blame_schema = schema_open && (names_schema || (client && !names_logprobs));
         if blame_logprobs {
-            tracing::info!("{}: log-probabilities are not offered; labelling goes on without them", self.url);
+            tracing::info!(
+                "{}: log-probabilities are not offered; labelling goes on without them",
+                self.url
+            );
             caps.logprobs.store(LOGPROBS_NO, Ordering::Relaxed);
             return true;
         }
         if blame_schema {
             let next = extras.schema + 1;
             // Several requests may fail on the same level at once: lower it only once.
-            let _ = caps.schema.compare_exchange(extras.schema, next, Ordering::Relaxed, Ordering::Relaxed);
-            let what = if next == SCHEMA_JSON_OBJECT { "a JSON object with schema" } else { "a JSON answer described in the prompt" };
-            tracing::info!("{}: structured output refused; asking for {what} instead", self.url);
+            let _ = caps.schema.compare_exchange(
+                extras.schema,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            let what = if next == SCHEMA_JSON_OBJECT {
+                "a JSON object with schema"
+            } else {
+                "a JSON answer described in the prompt"
+            };
+            tracing::info!(
+                "{}: structured output refused; asking for {what} instead",
+                self.url
+            );
             return true;
         }
         false
@@ -372,8 +438,17 @@ impl Inner {
             caps.schema_confirmed.store(true, Ordering::Relaxed);
         }
         if extras.logprobs.is_some() {
-            let state = if got_logprobs { LOGPROBS_YES } else { LOGPROBS_NO };
-            let _ = caps.logprobs.compare_exchange(LOGPROBS_UNKNOWN, state, Ordering::Relaxed, Ordering::Relaxed);
+            let state = if got_logprobs {
+                LOGPROBS_YES
+            } else {
+                LOGPROBS_NO
+            };
+            let _ = caps.logprobs.compare_exchange(
+                LOGPROBS_UNKNOWN,
+                state,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
     }
 }
@@ -407,13 +482,21 @@ fn chat_url(base: &str) -> Result<String, ConfigError> {
         return Err(ConfigError::BadUrl(base.into()));
     }
     let base = url.as_str().trim_end_matches('/');
-    let base = if url.path().trim_matches('/').is_empty() { format!("{base}/v1") } else { base.to_string() };
+    let base = if url.path().trim_matches('/').is_empty() {
+        format!("{base}/v1")
+    } else {
+        base.to_string()
+    };
     Ok(format!("{base}/chat/completions"))
 }
 
 /// Retry-After as seconds or as an HTTP date.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(seconds) = value.parse::<f64>() {
         return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
     }
@@ -506,25 +589,41 @@ fn parse_answer(text: &str) -> Result<ChatWithLogprobs, String> {
     let choice = completion.choices.into_iter().next().ok_or("no choices")?;
     let content = choice.message.content.unwrap_or_default();
     let usage = match completion.usage {
-        Some(u) => Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens },
+        Some(u) => Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+        },
         // Some servers leave usage out; an estimate beats counting nothing.
-        None => Usage { prompt_tokens: 0, completion_tokens: estimate_tokens(&content) as u64 },
+        None => Usage {
+            prompt_tokens: 0,
+            completion_tokens: estimate_tokens(&content) as u64,
+        },
     };
-    let tokens = choice.logprobs.and_then(|l| l.content).filter(|t| !t.is_empty()).map(|tokens| {
-        tokens
-            .into_iter()
-            .map(|t| TokenLogprob {
-                bytes: t.bytes.unwrap_or_else(|| t.token.into_bytes()),
-                logprob: t.logprob,
-                top: t
-                    .top_logprobs
-                    .into_iter()
-                    .map(|a| (a.bytes.unwrap_or_else(|| a.token.into_bytes()), a.logprob))
-                    .collect(),
-            })
-            .collect()
-    });
-    Ok(ChatWithLogprobs { response: ChatResponse { text: content, usage }, tokens })
+    let tokens = choice
+        .logprobs
+        .and_then(|l| l.content)
+        .filter(|t| !t.is_empty())
+        .map(|tokens| {
+            tokens
+                .into_iter()
+                .map(|t| TokenLogprob {
+                    bytes: t.bytes.unwrap_or_else(|| t.token.into_bytes()),
+                    logprob: t.logprob,
+                    top: t
+                        .top_logprobs
+                        .into_iter()
+                        .map(|a| (a.bytes.unwrap_or_else(|| a.token.into_bytes()), a.logprob))
+                        .collect(),
+                })
+                .collect()
+        });
+    Ok(ChatWithLogprobs {
+        response: ChatResponse {
+            text: content,
+            usage,
+        },
+        tokens,
+    })
 }
 
 /// A rough token count for pacing and estimates: a CJK character is about one token, other
@@ -547,8 +646,14 @@ mod tests {
 
     #[test]
     fn chat_url_adds_v1_only_to_bare_hosts() {
-        assert_eq!(chat_url("http://localhost:8000").unwrap(), "http://localhost:8000/v1/chat/completions");
-        assert_eq!(chat_url("https://api.openai.com/v1/").unwrap(), "https://api.openai.com/v1/chat/completions");
+        assert_eq!(
+            chat_url("http://localhost:8000").unwrap(),
+            "http://localhost:8000/v1/chat/completions"
+        );
+        assert_eq!(
+            chat_url("https://api.openai.com/v1/").unwrap(),
+            "https://api.openai.com/v1/chat/completions"
+        );
         assert_eq!(
             chat_url("https://dashscope.aliyuncs.com/compatible-mode/v1").unwrap(),
             "https://dashscope.aliyuncs.com/compatible-mode/v1/chat/completions"
@@ -561,7 +666,10 @@ mod tests {
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert("retry-after", "2".parse().unwrap());
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(2)));
-        headers.insert("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        headers.insert(
+            "retry-after",
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
         assert_eq!(retry_after(&headers), Some(Duration::ZERO));
         headers.insert("retry-after", "soon".parse().unwrap());
         assert_eq!(retry_after(&headers), None);
@@ -584,7 +692,13 @@ mod tests {
             "usage":{"prompt_tokens":7,"completion_tokens":2}}"#;
         let answer = parse_answer(text).unwrap();
         assert_eq!(answer.response.text, "ok");
-        assert_eq!(answer.response.usage, Usage { prompt_tokens: 7, completion_tokens: 2 });
+        assert_eq!(
+            answer.response.usage,
+            Usage {
+                prompt_tokens: 7,
+                completion_tokens: 2
+            }
+        );
         let tokens = answer.tokens.unwrap();
         assert_eq!(tokens[0].top[1], (b"n".to_vec(), -2.5));
         assert_eq!(tokens[1].bytes, b"k");

@@ -43,8 +43,16 @@ const PERSONAS: &[&str] = &[
     "a customer who already contacted support before",
     "an impatient customer",
 ];
-const TONES: &[&str] =
-    &["polite", "neutral", "frustrated", "angry", "anxious", "friendly", "curt", "confused"];
+const TONES: &[&str] = &[
+    "polite",
+    "neutral",
+    "frustrated",
+    "angry",
+    "anxious",
+    "friendly",
+    "curt",
+    "confused",
+];
 const LENGTHS: &[&str] = &[
     "very short (a few words)",
     "one short sentence",
@@ -94,10 +102,16 @@ pub fn language_name(code: &str) -> String {
 fn intent_list(task: &Task) -> String {
     let mut list = String::new();
     for intent in &task.intents {
-        list.push_str(&format!("- {}: {}\n", intent.name.get_ref(), intent.description.trim()));
+        list.push_str(&format!(
+            "- {}: {}\n",
+            intent.name.get_ref(),
+            intent.description.trim()
+        ));
     }
     if let Some(catch_all) = task.catch_all() {
-        list.push_str(&format!("If no other intent fits, the intent is `{catch_all}`.\n"));
+        list.push_str(&format!(
+            "If no other intent fits, the intent is `{catch_all}`.\n"
+        ));
     }
     list
 }
@@ -109,7 +123,10 @@ fn template_hash(parts: &[&str]) -> String {
         hasher.update(part.as_bytes());
         hasher.update([0]);
     }
-    hasher.finalize()[..4].iter().map(|b| format!("{b:02x}")).collect()
+    hasher.finalize()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Provenance hash of the generation prompt template.
@@ -167,7 +184,10 @@ pub fn generate_messages(
         "\n{GENERATE_RULES}\n\nAnswer with only a JSON object, no code fence: \
          {{\"messages\": [\"...\", ...]}} with exactly {n} strings, in the order above."
     ));
-    vec![ChatMessage::system(GENERATE_SYSTEM), ChatMessage::user(user)]
+    vec![
+        ChatMessage::system(GENERATE_SYSTEM),
+        ChatMessage::user(user),
+    ]
 }
 
 /// Schema of a generation answer.
@@ -191,7 +211,11 @@ fn label_user(task: &Task, text: &str) -> String {
 
 /// The labelling request answered with `{intent, confidence, reason}`.
 pub fn label_json_messages(task: &Task, text: &str) -> Vec<ChatMessage> {
-    let names: Vec<String> = task.intent_names().iter().map(|n| format!("\"{n}\"")).collect();
+    let names: Vec<String> = task
+        .intent_names()
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect();
     let user = format!(
         "{}Answer with only a JSON object, no code fence: {{\"intent\": one of [{}], \
          \"confidence\": your confidence from 0 to 1, \"reason\": at most 15 words, citing the \
@@ -205,7 +229,10 @@ pub fn label_json_messages(task: &Task, text: &str) -> Vec<ChatMessage> {
 /// The labelling request answered with the intent name alone: the prompt for scoring each
 /// intent name by log-probability, and for quick self-consistency votes.
 pub fn label_name_messages(task: &Task, text: &str) -> Vec<ChatMessage> {
-    let user = format!("{}Answer with the intent name only.", label_user(task, text));
+    let user = format!(
+        "{}Answer with the intent name only.",
+        label_user(task, text)
+    );
     vec![ChatMessage::system(LABEL_SYSTEM), ChatMessage::user(user)]
 }
 
@@ -243,17 +270,19 @@ pub fn extract_json(answer: &str) -> Option<Value> {
         let (Some(start), Some(end)) = (unfenced.find(open), unfenced.rfind(close)) else {
             continue;
         };
-        if start < end {
-            if let Ok(value) = serde_json::from_str(&unfenced[start..=end]) {
-                return Some(value);
-            }
+        if start < end
+            && let Ok(value) = serde_json::from_str(&unfenced[start..=end])
+        {
+            return Some(value);
         }
     }
     None
 }
 
 fn strip_fence(text: &str) -> &str {
-    let Some(rest) = text.strip_prefix("```") else { return text };
+    let Some(rest) = text.strip_prefix("```") else {
+        return text;
+    };
     let rest = rest.split_once('\n').map_or(rest, |(_, body)| body);
     rest.trim_end().strip_suffix("```").unwrap_or(rest).trim()
 }
@@ -273,7 +302,10 @@ pub fn parse_messages(answer: &str) -> Result<Vec<String>, String> {
         .iter()
         .filter_map(|item| match item {
             Value::String(s) => Some(s.as_str()),
-            Value::Object(o) => o.get("text").or_else(|| o.get("message")).and_then(Value::as_str),
+            Value::Object(o) => o
+                .get("text")
+                .or_else(|| o.get("message"))
+                .and_then(Value::as_str),
             _ => None,
         })
         .map(clean_message)
@@ -314,16 +346,26 @@ pub fn match_intent(task: &Task, answer: &str) -> Option<String> {
             .to_lowercase()
     };
     let wanted = simple(strip_fence(answer.trim()));
-    names.iter().find(|n| n.as_str() == answer.trim()).or_else(|| names.iter().find(|n| simple(n) == wanted)).cloned()
+    names
+        .iter()
+        .find(|n| n.as_str() == answer.trim())
+        .or_else(|| names.iter().find(|n| simple(n) == wanted))
+        .cloned()
 }
 
 /// Parses `{intent, confidence, reason}`; `Err` says what is wrong, for the repair request.
 pub fn parse_label(task: &Task, answer: &str) -> Result<ParsedLabel, String> {
     let value = extract_json(answer).ok_or("the answer is not JSON")?;
     let object = value.as_object().ok_or("the answer is not a JSON object")?;
-    let raw = object.get("intent").and_then(Value::as_str).ok_or("the object has no string `intent`")?;
+    let raw = object
+        .get("intent")
+        .and_then(Value::as_str)
+        .ok_or("the object has no string `intent`")?;
     let intent = match_intent(task, raw).ok_or_else(|| {
-        format!("`{raw}` is not one of the intents {}", task.intent_names().join(", "))
+        format!(
+            "`{raw}` is not one of the intents {}",
+            task.intent_names().join(", ")
+        )
     })?;
     let confidence = match object.get("confidence") {
         Some(Value::Number(n)) => n.as_f64(),
@@ -337,7 +379,11 @@ pub fn parse_label(task: &Task, answer: &str) -> Result<ParsedLabel, String> {
         .and_then(Value::as_str)
         .map(|r| r.trim().to_string())
         .filter(|r| !r.is_empty());
-    Ok(ParsedLabel { intent, confidence, reason })
+    Ok(ParsedLabel {
+        intent,
+        confidence,
+        reason,
+    })
 }
 
 /// The follow-up that asks a teacher to fix an answer that did not parse.
@@ -380,13 +426,18 @@ description = "其他问题"
 
     #[test]
     fn json_is_found_in_fences_and_prose() {
-        let fenced = "```json\n{\"intent\": \"退货\", \"confidence\": 0.9, \"reason\": \"要退\"}\n```";
+        let fenced =
+            "```json\n{\"intent\": \"退货\", \"confidence\": 0.9, \"reason\": \"要退\"}\n```";
         let label = parse_label(&task(), fenced).unwrap();
         assert_eq!(label.intent, "退货");
         assert_eq!(label.confidence, Some(0.9));
-        let prose = "Sure! {\"messages\": [\"  \\\"我要退货\\\" \", \"\", \"能退吗\"]} Hope it helps.";
+        let prose =
+            "Sure! {\"messages\": [\"  \\\"我要退货\\\" \", \"\", \"能退吗\"]} Hope it helps.";
         assert_eq!(parse_messages(prose).unwrap(), vec!["我要退货", "能退吗"]);
-        assert_eq!(parse_messages("[\"a\", {\"text\": \"b\"}]").unwrap(), vec!["a", "b"]);
+        assert_eq!(
+            parse_messages("[\"a\", {\"text\": \"b\"}]").unwrap(),
+            vec!["a", "b"]
+        );
     }
 
     #[test]
@@ -396,7 +447,10 @@ description = "其他问题"
         assert!(e.contains("`shipping` is not one of the intents"), "{e}");
         assert!(parse_label(&t, "退货").unwrap_err().contains("not JSON"));
         let l = parse_label(&t, "{\"intent\": \" 退货 \", \"confidence\": \"85%\"}").unwrap();
-        assert_eq!((l.intent.as_str(), l.confidence, l.reason), ("退货", Some(0.85), None));
+        assert_eq!(
+            (l.intent.as_str(), l.confidence, l.reason),
+            ("退货", Some(0.85), None)
+        );
         let l = parse_label(&t, "{\"intent\": \"其他\", \"confidence\": 7}").unwrap();
         assert_eq!(l.confidence, Some(0.07));
         let l = parse_label(&t, "{\"intent\": \"其他\", \"confidence\": -3}").unwrap();

@@ -16,8 +16,8 @@ use axum::response::{IntoResponse, Response};
 use prompt2lora_core::Task;
 use prompt2lora_core::jsonl::{SampleRules, read_samples};
 use prompt2lora_teacher::{
-    GenerateError, GenerateOptions, LabelOptions, OpenAiConfig, OpenAiTeacher, Price, Stop, generate,
-    label_text,
+    GenerateError, GenerateOptions, LabelOptions, OpenAiConfig, OpenAiTeacher, Price, Stop,
+    generate, label_text,
 };
 use serde_json::{Value, json};
 
@@ -89,7 +89,11 @@ impl Server {
         let state = mock.clone();
         // Its own runtime, so that dying drops every connection task at once.
         let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 let app = axum::Router::new()
@@ -102,7 +106,11 @@ impl Server {
             });
             runtime.shutdown_background();
         });
-        Server { addr, mock, thread: Some(thread) }
+        Server {
+            addr,
+            mock,
+            thread: Some(thread),
+        }
     }
 
     fn url(&self) -> String {
@@ -132,9 +140,14 @@ async fn handle(State(mock): State<Arc<Mock>>, Json(body): Json<Value>) -> Respo
     if b.rate_limited.contains(&n) {
         mock.rate_limited_at.lock().unwrap().push(Instant::now());
         let error = json!({"error": {"message": "Rate limit reached", "type": "requests"}});
-        return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], Json(error)).into_response();
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "1")],
+            Json(error),
+        )
+            .into_response();
     }
-    if b.error_every > 0 && n % b.error_every == 0 {
+    if b.error_every > 0 && n.is_multiple_of(b.error_every) {
         return (StatusCode::INTERNAL_SERVER_ERROR, "upstream overloaded").into_response();
     }
     if b.hang.contains(&n) {
@@ -143,9 +156,16 @@ async fn handle(State(mock): State<Arc<Mock>>, Json(body): Json<Value>) -> Respo
     if b.garbage.contains(&n) {
         return (StatusCode::OK, "{\"choices\": [{\"message\": ").into_response();
     }
-    let format = body["response_format"]["type"].as_str().unwrap_or("none").to_string();
+    let format = body["response_format"]["type"]
+        .as_str()
+        .unwrap_or("none")
+        .to_string();
     if b.refuse_json_schema && format == "json_schema" {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "Unrecognized response_format type json_schema").into_response();
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Unrecognized response_format type json_schema",
+        )
+            .into_response();
     }
     let logprobs = body["logprobs"].as_bool() == Some(true);
     if b.refuse_logprobs && logprobs {
@@ -155,7 +175,10 @@ async fn handle(State(mock): State<Arc<Mock>>, Json(body): Json<Value>) -> Respo
     mock.saw_logprobs.fetch_or(logprobs, Ordering::SeqCst);
 
     let system = body["messages"][0]["content"].as_str().unwrap_or_default();
-    let user = body["messages"][1]["content"].as_str().unwrap_or_default().to_string();
+    let user = body["messages"][1]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let repair = body["messages"].as_array().map_or(0, Vec::len) > 2;
     if system.starts_with("You write") {
         generation(&mock, &user, repair)
@@ -175,19 +198,29 @@ fn generation(mock: &Mock, user: &str, repair: bool) -> Response {
     let intent = between(user, "for the intent `", "`").to_string();
     let count: usize = between(user, "exactly ", " strings").parse().unwrap();
     let k = mock.generations.fetch_add(1, Ordering::SeqCst) + 1;
-    if !repair && b.broken_generation_every > 0 && k % b.broken_generation_every == 0 {
+    if !repair && b.broken_generation_every > 0 && k.is_multiple_of(b.broken_generation_every) {
         return answer("{\"messages\": [\"half a mess", 40, None);
     }
     let mut last = mock.last_generation.lock().unwrap();
-    let messages: Vec<String> = if b.repeat_every > 0 && k % b.repeat_every == 0 && !last.is_empty() {
-        last.clone()
-    } else {
-        (0..count)
-            .map(|_| format!("{intent} message number {}", mock.generated.fetch_add(1, Ordering::SeqCst)))
-            .collect()
-    };
+    let messages: Vec<String> =
+        if b.repeat_every > 0 && k.is_multiple_of(b.repeat_every) && !last.is_empty() {
+            last.clone()
+        } else {
+            (0..count)
+                .map(|_| {
+                    format!(
+                        "{intent} message number {}",
+                        mock.generated.fetch_add(1, Ordering::SeqCst)
+                    )
+                })
+                .collect()
+        };
     *last = messages.clone();
-    answer(&json!({ "messages": messages }).to_string(), 30 * count as u64, None)
+    answer(
+        &json!({ "messages": messages }).to_string(),
+        30 * count as u64,
+        None,
+    )
 }
 
 fn label(mock: &Mock, user: &str, repair: bool, logprobs: bool) -> Response {
@@ -198,9 +231,15 @@ fn label(mock: &Mock, user: &str, repair: bool, logprobs: bool) -> Response {
     // it after the repair request (such messages are dropped).
     let number: usize = text.rsplit(' ').next().unwrap().parse().unwrap_or(1);
     let every = b.foreign_intent_every;
-    let foreign = every > 0 && number % every == 0 && (!repair || number % (2 * every) == 0);
-    let intent = if foreign { "complaint" } else { text.split(' ').next().unwrap() };
-    let content = format!("{{\"intent\": \"{intent}\", \"confidence\": 0.9, \"reason\": \"says {intent}\"}}");
+    let foreign =
+        every > 0 && number.is_multiple_of(every) && (!repair || number.is_multiple_of(2 * every));
+    let intent = if foreign {
+        "complaint"
+    } else {
+        text.split(' ').next().unwrap()
+    };
+    let content =
+        format!("{{\"intent\": \"{intent}\", \"confidence\": 0.9, \"reason\": \"says {intent}\"}}");
     let tokens = logprobs.then(|| {
         let top = |first: &str| {
             json!([
@@ -215,7 +254,11 @@ fn label(mock: &Mock, user: &str, repair: bool, logprobs: bool) -> Response {
             {"token": &content[12 + intent.len()..], "logprob": 0.0, "top_logprobs": []},
         ])
     });
-    let content = if b.fenced { format!("```json\n{content}\n```") } else { content };
+    let content = if b.fenced {
+        format!("```json\n{content}\n```")
+    } else {
+        content
+    };
     answer(&content, 20, tokens)
 }
 
@@ -275,14 +318,25 @@ fn options(samples: usize) -> GenerateOptions {
     options
 }
 
-async fn run(server: &Server, out: &Path, options: &GenerateOptions) -> Result<prompt2lora_teacher::GenerateSummary, GenerateError> {
+async fn run(
+    server: &Server,
+    out: &Path,
+    options: &GenerateOptions,
+) -> Result<prompt2lora_teacher::GenerateSummary, GenerateError> {
     generate(&task(), teacher(server), options, out, &|_| {}).await
 }
 
 /// The file holds exactly `n` valid samples, no id twice, spread evenly over requested intents.
 fn assert_exactly(out: &Path, n: usize) -> Vec<prompt2lora_core::Sample> {
     let intents = task().intent_names();
-    let report = read_samples(out, &SampleRules { intents: Some(&intents), max_chars: 512 }).unwrap();
+    let report = read_samples(
+        out,
+        &SampleRules {
+            intents: Some(&intents),
+            max_chars: 512,
+        },
+    )
+    .unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let samples = report.records;
     assert_eq!(samples.len(), n);
@@ -292,7 +346,10 @@ fn assert_exactly(out: &Path, n: usize) -> Vec<prompt2lora_core::Sample> {
     assert_eq!(texts.len(), n, "duplicate texts");
     for (i, name) in intents.iter().enumerate() {
         let want = n / intents.len() + usize::from(i < n % intents.len());
-        let got = samples.iter().filter(|s| s.provenance.requested_intent.as_deref() == Some(name)).count();
+        let got = samples
+            .iter()
+            .filter(|s| s.provenance.requested_intent.as_deref() == Some(name))
+            .count();
         assert_eq!(got, want, "requested intent {name}");
     }
     samples
@@ -305,29 +362,52 @@ async fn success_writes_labelled_samples_with_provenance_and_cost() {
     let out = dir.path().join("samples.jsonl");
     let ledger = dir.path().join("ledger.json");
     let mut options = options(30);
-    options.price = Some(Price { prompt: 1.0, completion: 2.0 });
+    options.price = Some(Price {
+        prompt: 1.0,
+        completion: 2.0,
+    });
     options.ledger_path = Some(ledger.clone());
     let summary = run(&server, &out, &options).await.unwrap();
     assert_eq!(summary.stop, Stop::Complete);
-    assert_eq!((summary.total, summary.written, summary.resumed), (30, 30, 0));
+    assert_eq!(
+        (summary.total, summary.written, summary.resumed),
+        (30, 30, 0)
+    );
 
     let samples = assert_exactly(&out, 30);
     for s in &samples {
-        assert_eq!(Some(s.intent.as_str()), s.provenance.requested_intent.as_deref());
+        assert_eq!(
+            Some(s.intent.as_str()),
+            s.provenance.requested_intent.as_deref()
+        );
         assert_eq!(s.confidence, Some(0.9));
         // The mock lists the chosen intent at 0.8, `other` at 0.15 and junk at 0.01 (the floor
         // for intents it does not list).
         let p = s.label_logprob.unwrap();
-        let want = if s.intent == "other" { 0.8 / 0.82 } else { 0.8 / 0.96 };
-        assert!((p - want).abs() < 1e-6, "label_logprob {p} for {}", s.intent);
+        let want = if s.intent == "other" {
+            0.8 / 0.82
+        } else {
+            0.8 / 0.96
+        };
+        assert!(
+            (p - want).abs() < 1e-6,
+            "label_logprob {p} for {}",
+            s.intent
+        );
         assert_eq!(s.provenance.teacher.as_deref(), Some("mock-model"));
         assert_eq!(s.provenance.source.as_deref(), Some("synthesize"));
         assert_eq!(s.provenance.temperature, Some(0.9f32 as f64));
         assert!(s.reason.as_deref().unwrap().starts_with("says"));
-        assert!(!s.provenance.few_shot.is_empty());
+        // `other` has no seed examples, so its first requests have no few-shot examples.
+        if s.intent != "other" {
+            assert!(!s.provenance.few_shot.is_empty());
+        }
     }
     assert!(server.mock.saw_logprobs.load(Ordering::SeqCst));
-    assert_eq!(*server.mock.formats.lock().unwrap(), HashSet::from(["json_schema".to_string()]));
+    assert_eq!(
+        *server.mock.formats.lock().unwrap(),
+        HashSet::from(["json_schema".to_string()])
+    );
 
     // Every request answered is in the ledger, with its money.
     let requests = server.mock.requests.load(Ordering::SeqCst) as u64;
@@ -348,7 +428,10 @@ async fn success_writes_labelled_samples_with_provenance_and_cost() {
 
 #[tokio::test]
 async fn rate_limits_are_retried_after_the_servers_delay() {
-    let server = Server::start(Behaviour { rate_limited: vec![2, 3], ..Behaviour::default() });
+    let server = Server::start(Behaviour {
+        rate_limited: vec![2, 3],
+        ..Behaviour::default()
+    });
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("samples.jsonl");
     run(&server, &out, &options(12)).await.unwrap();
@@ -356,13 +439,23 @@ async fn rate_limits_are_retried_after_the_servers_delay() {
     // No request came in the second after the first 429 (every slot waited).
     let first = server.mock.rate_limited_at.lock().unwrap()[0];
     let after = server.mock.after_rate_limit.lock().unwrap();
-    let retried = after.iter().filter(|t| t.duration_since(first) >= Duration::from_millis(950)).count();
-    assert!(retried >= 2, "the rate-limited requests were not retried after Retry-After");
+    let retried = after
+        .iter()
+        .filter(|t| t.duration_since(first) >= Duration::from_millis(950))
+        .count();
+    assert!(
+        retried >= 2,
+        "the rate-limited requests were not retried after Retry-After"
+    );
 }
 
 #[tokio::test]
 async fn server_errors_and_garbage_bodies_are_retried() {
-    let behaviour = Behaviour { error_every: 4, garbage: vec![3, 9, 10], ..Behaviour::default() };
+    let behaviour = Behaviour {
+        error_every: 4,
+        garbage: vec![3, 9, 10],
+        ..Behaviour::default()
+    };
     let server = Server::start(behaviour);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("samples.jsonl");
@@ -372,7 +465,10 @@ async fn server_errors_and_garbage_bodies_are_retried() {
 
 #[tokio::test]
 async fn a_hung_request_times_out_and_is_retried() {
-    let server = Server::start(Behaviour { hang: vec![2, 5], ..Behaviour::default() });
+    let server = Server::start(Behaviour {
+        hang: vec![2, 5],
+        ..Behaviour::default()
+    });
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("samples.jsonl");
     run(&server, &out, &options(9)).await.unwrap();
@@ -397,7 +493,10 @@ async fn malformed_answers_are_repaired_or_dropped() {
 
 #[tokio::test]
 async fn intents_outside_the_task_are_repaired_or_dropped() {
-    let server = Server::start(Behaviour { foreign_intent_every: 3, ..Behaviour::default() });
+    let server = Server::start(Behaviour {
+        foreign_intent_every: 3,
+        ..Behaviour::default()
+    });
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("samples.jsonl");
     let summary = run(&server, &out, &options(21)).await.unwrap();
@@ -407,13 +506,21 @@ async fn intents_outside_the_task_are_repaired_or_dropped() {
 
 #[tokio::test]
 async fn refused_structured_output_and_logprobs_fall_back() {
-    let behaviour = Behaviour { refuse_json_schema: true, refuse_logprobs: true, ..Behaviour::default() };
+    let behaviour = Behaviour {
+        refuse_json_schema: true,
+        refuse_logprobs: true,
+        ..Behaviour::default()
+    };
     let server = Server::start(behaviour);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("samples.jsonl");
     run(&server, &out, &options(9)).await.unwrap();
     let samples = assert_exactly(&out, 9);
-    assert!(samples.iter().all(|s| s.label_logprob.is_none() && s.confidence == Some(0.9)));
+    assert!(
+        samples
+            .iter()
+            .all(|s| s.label_logprob.is_none() && s.confidence == Some(0.9))
+    );
     assert!(server.mock.formats.lock().unwrap().contains("json_object"));
 }
 
@@ -423,12 +530,21 @@ async fn a_server_dying_mid_run_then_a_rerun_completes_exactly() {
     let out = dir.path().join("samples.jsonl");
     let options = options(30);
     {
-        let server = Server::start(Behaviour { die_on: Some(25), ..Behaviour::default() });
+        let server = Server::start(Behaviour {
+            die_on: Some(25),
+            ..Behaviour::default()
+        });
         let error = run(&server, &out, &options).await.unwrap_err();
         assert!(matches!(error, GenerateError::Teacher(_)), "{error}");
     }
-    let partial = read_samples(&out, &SampleRules::default()).unwrap().records.len();
-    assert!(partial > 0 && partial < 30, "{partial} samples after the crash");
+    let partial = read_samples(&out, &SampleRules::default())
+        .unwrap()
+        .records
+        .len();
+    assert!(
+        partial > 0 && partial < 30,
+        "{partial} samples after the crash"
+    );
 
     // A kill -9 during a write leaves a torn record: the rerun cuts it off and redoes it.
     let mut bytes = fs_err::read(&out).unwrap();
@@ -452,10 +568,15 @@ async fn the_budget_stops_cleanly_and_a_larger_one_continues() {
     options.concurrency = 1;
     // At $10,000 per million tokens a generation request (100 + 120 tokens) costs $2.2 and a
     // label (100 + 20) $1.2: one job of four samples costs $7, so a second would pass $10.
-    options.price = Some(Price { prompt: 10_000.0, completion: 10_000.0 });
+    options.price = Some(Price {
+        prompt: 10_000.0,
+        completion: 10_000.0,
+    });
     options.budget_usd = Some(10.0);
     let summary = run(&server, &out, &options).await.unwrap();
-    let Stop::Budget { spent_usd } = summary.stop else { panic!("{:?}", summary.stop) };
+    let Stop::Budget { spent_usd } = summary.stop else {
+        panic!("{:?}", summary.stop)
+    };
     assert!((spent_usd - 7.0).abs() < 1e-9, "{spent_usd}");
     assert_eq!(summary.total, 4);
 
@@ -473,11 +594,18 @@ async fn the_budget_stops_cleanly_and_a_larger_one_continues() {
 
 #[tokio::test]
 async fn label_mode_labels_each_message_once() {
-    let server = Server::start(Behaviour { error_every: 5, ..Behaviour::default() });
+    let server = Server::start(Behaviour {
+        error_every: 5,
+        ..Behaviour::default()
+    });
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("messages.txt");
     let lines: Vec<String> = (0..12).map(|i| format!("shipping question {i}")).collect();
-    fs_err::write(&input, format!("{}\nshipping question 3\n", lines.join("\n"))).unwrap();
+    fs_err::write(
+        &input,
+        format!("{}\nshipping question 3\n", lines.join("\n")),
+    )
+    .unwrap();
     let out = dir.path().join("labelled.jsonl");
     let mut options = options(usize::MAX);
     options.label_input = Some(input);
@@ -485,16 +613,33 @@ async fn label_mode_labels_each_message_once() {
     assert_eq!(summary.total, 12);
     let samples = read_samples(&out, &SampleRules::default()).unwrap().records;
     assert_eq!(samples.len(), 12);
-    assert!(samples.iter().all(|s| s.intent == "shipping" && s.provenance.source.as_deref() == Some("label")));
-    assert_eq!(samples.iter().map(|s| &s.id).collect::<HashSet<_>>().len(), 12);
+    assert!(
+        samples
+            .iter()
+            .all(|s| s.intent == "shipping" && s.provenance.source.as_deref() == Some("label"))
+    );
+    assert_eq!(
+        samples.iter().map(|s| &s.id).collect::<HashSet<_>>().len(),
+        12
+    );
 }
 
 #[tokio::test]
 async fn label_text_reports_its_signals_and_votes() {
     let server = Server::start(Behaviour::default());
     let teacher = teacher(&server);
-    let options = LabelOptions { self_consistency: 3, ..LabelOptions::default() };
-    let label = label_text(teacher.as_ref(), &task(), "refund for my order please", &options).await.unwrap();
+    let options = LabelOptions {
+        self_consistency: 3,
+        ..LabelOptions::default()
+    };
+    let label = label_text(
+        teacher.as_ref(),
+        &task(),
+        "refund for my order please",
+        &options,
+    )
+    .await
+    .unwrap();
     assert_eq!(label.intent, "refund");
     assert_eq!(label.agreement, Some(1.0));
     assert_eq!(label.requests, 4);

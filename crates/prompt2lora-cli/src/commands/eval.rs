@@ -11,7 +11,9 @@ use anyhow::Context;
 use futures::StreamExt;
 use prompt2lora_core::sample::now_rfc3339;
 use prompt2lora_core::{Classifier, Sample, Task, Teacher};
-use prompt2lora_eval::evaluate::{self, Answers, Comparison, EvalError, TeacherCache, TestSet, files};
+use prompt2lora_eval::evaluate::{
+    self, Answers, Comparison, EvalError, TeacherCache, TestSet, files,
+};
 use prompt2lora_eval::report;
 use prompt2lora_teacher::{ApiKey, LabelOptions, Ledger, OpenAiConfig, OpenAiTeacher, Price};
 
@@ -57,15 +59,25 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let labels = classifier.labels().to_vec();
     let test = TestSet::load(&args.data, task.as_ref(), &labels).map_err(user_error)?;
     let out = args.out.clone().unwrap_or_else(|| parent_of(&args.adapter));
-    tracing::info!("scoring {} test messages with {} intents", test.len(), labels.len());
+    tracing::info!(
+        "scoring {} test messages with {} intents",
+        test.len(),
+        labels.len()
+    );
 
     // The student.
     let bar = global.progress(test.len() as u64, "student");
     let started = Instant::now();
-    let student = evaluate::classify_all(&classifier, &test.texts, args.batch_size, |n| bar.inc(n as u64))?;
+    let student = evaluate::classify_all(&classifier, &test.texts, args.batch_size, |n| {
+        bar.inc(n as u64)
+    })?;
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    tracing::info!("student: {} messages in {seconds:.1} s ({:.0}/s)", test.len(), test.len() as f64 / seconds);
+    tracing::info!(
+        "student: {} messages in {seconds:.1} s ({:.0}/s)",
+        test.len(),
+        test.len() as f64 / seconds
+    );
 
     // The teacher, zero-shot, from the cache where it can.
     let teacher = match (&args.teacher, &task) {
@@ -79,9 +91,12 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
 
     // Metrics, files, tables.
     let catch_all = task.as_ref().and_then(Task::catch_all);
-    let teacher_ref = teacher.as_ref().map(|(model, answers)| (model.as_str(), answers));
+    let teacher_ref = teacher
+        .as_ref()
+        .map(|(model, answers)| (model.as_str(), answers));
     let comparison = Comparison::compute(&test, &labels, catch_all, &student, teacher_ref)?;
-    let messages = evaluate::scored_messages(&test, &labels, &student, teacher.as_ref().map(|t| &t.1));
+    let messages =
+        evaluate::scored_messages(&test, &labels, &student, teacher.as_ref().map(|t| &t.1));
     let written = evaluate::write_outputs(&out, &comparison, &messages)?;
     print_report(&comparison);
     for path in written {
@@ -129,7 +144,11 @@ fn parent_of(path: &Path) -> PathBuf {
 /// Test-set problems are the user's to fix; the label mismatch gets a hint.
 fn user_error(error: EvalError) -> anyhow::Error {
     match error {
-        EvalError::UnknownLabels { ref unknown, ref known, .. } => {
+        EvalError::UnknownLabels {
+            ref unknown,
+            ref known,
+            ..
+        } => {
             let (label, _) = unknown.iter().next().expect("at least one unknown label");
             let hint = format!(
                 "map test labels onto intents in the task file, e.g.\n  [eval]\n  label_map = {{ \"{label}\" = \"{}\" }}",
@@ -137,7 +156,9 @@ fn user_error(error: EvalError) -> anyhow::Error {
             );
             UserError::new(error.to_string()).with_hint(hint).into()
         }
-        EvalError::BadLines { .. } | EvalError::EmptyTestSet { .. } => UserError::new(error.to_string()).into(),
+        EvalError::BadLines { .. } | EvalError::EmptyTestSet { .. } => {
+            UserError::new(error.to_string()).into()
+        }
         other => other.into(),
     }
 }
@@ -156,20 +177,45 @@ fn score_teacher(
     if let Some(model) = &args.teacher_model {
         task.teacher.model = model.clone();
     }
-    let env_url = std::env::var("OPENAI_BASE_URL").ok().filter(|u| !u.trim().is_empty());
-    let endpoint = args.base_url.clone().or_else(|| task.teacher.base_url.clone()).or(env_url);
+    let env_url = std::env::var("OPENAI_BASE_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty());
+    let endpoint = args
+        .base_url
+        .clone()
+        .or_else(|| task.teacher.base_url.clone())
+        .or(env_url);
     let mut cache = TeacherCache::open(&out.join(files::TEACHER_LABELS), &task.teacher.model)?;
     let missing = cache.missing(&test.texts);
-    tracing::info!("teacher: {} of {} messages cached", test.len() - missing.len(), test.len());
+    tracing::info!(
+        "teacher: {} of {} messages cached",
+        test.len() - missing.len(),
+        test.len()
+    );
     if !missing.is_empty() {
         let teacher = build_teacher(&task, endpoint.as_deref())?;
         let options = LabelOptions::from_task(&task)
             .map_err(|e| UserError::new(format!("task file: teacher.{e}")))?;
         let price = teacher_price(&task, endpoint.is_none());
         let ledger = out.join("ledger.json");
-        label_missing(teacher.as_ref(), &task, &missing, &options, &mut cache, global, |requests, usage, seconds| {
-            book_tokens(&ledger, &task.teacher.model, requests, usage, seconds, price)
-        })?;
+        label_missing(
+            teacher.as_ref(),
+            &task,
+            &missing,
+            &options,
+            &mut cache,
+            global,
+            |requests, usage, seconds| {
+                book_tokens(
+                    &ledger,
+                    &task.teacher.model,
+                    requests,
+                    usage,
+                    seconds,
+                    price,
+                )
+            },
+        )?;
     }
     let answers = cache.answers(test, labels)?;
     Ok((task.teacher.model, answers))
@@ -178,21 +224,31 @@ fn score_teacher(
 fn build_teacher(task: &Task, endpoint: Option<&str>) -> anyhow::Result<Arc<dyn Teacher>> {
     let Some(url) = endpoint else {
         let name = &task.teacher.model;
-        let files = prompt2lora_hub::resolve(name).with_context(|| format!("finding the teacher model `{name}`"))?;
+        let files = prompt2lora_hub::resolve(name)
+            .with_context(|| format!("finding the teacher model `{name}`"))?;
         let Some(gguf) = files.gguf else {
             let message = format!("teacher model `{name}` has no GGUF file to run in process");
-            let hint = "name a GGUF teacher (e.g. qwen2.5-1.5b) with --teacher-model, or set --base-url";
+            let hint =
+                "name a GGUF teacher (e.g. qwen2.5-1.5b) with --teacher-model, or set --base-url";
             return Err(UserError::new(message).with_hint(hint).into());
         };
         tracing::info!("loading the teacher {}", gguf.display());
-        let options = prompt2lora_local::LocalOptions { threads: task.teacher.threads, seed: 0, model_id: files.id };
+        let options = prompt2lora_local::LocalOptions {
+            threads: task.teacher.threads,
+            seed: 0,
+            model_id: files.id,
+        };
         let teacher = prompt2lora_local::LocalTeacher::load(&gguf, options)
             .with_context(|| format!("loading {}", gguf.display()))?;
         return Ok(Arc::new(teacher));
     };
     let mut config = OpenAiConfig::from_settings(url, &task.teacher);
-    config.api_key = std::env::var(&task.teacher.api_key_env).ok().filter(|k| !k.trim().is_empty()).map(ApiKey::new);
-    let teacher = OpenAiTeacher::new(config).map_err(|e| UserError::new(format!("teacher: {e}")))?;
+    config.api_key = std::env::var(&task.teacher.api_key_env)
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+        .map(ApiKey::new);
+    let teacher =
+        OpenAiTeacher::new(config).map_err(|e| UserError::new(format!("teacher: {e}")))?;
     Ok(Arc::new(teacher))
 }
 
@@ -206,17 +262,29 @@ fn label_missing(
     book: impl FnOnce(u64, prompt2lora_core::Usage, f64),
 ) -> anyhow::Result<()> {
     let bar = global.progress(missing.len() as u64, "teacher");
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     let started = Instant::now();
     let mut usage = prompt2lora_core::Usage::default();
     let mut requests = 0u64;
     let outcome: anyhow::Result<()> = runtime.block_on(async {
         let mut labels = futures::stream::iter(missing.iter().copied())
-            .map(|text| async move { (text, prompt2lora_teacher::label_text(teacher, task, text, options).await) })
+            .map(|text| async move {
+                (
+                    text,
+                    prompt2lora_teacher::label_text(teacher, task, text, options).await,
+                )
+            })
             .buffer_unordered(teacher.concurrency().max(1));
         while let Some((text, label)) = labels.next().await {
             let label = label.with_context(|| {
-                format!("labelling `{}` with the teacher; rerun to continue from the {} labels cached", short(text), cache.len())
+                format!(
+                    "labelling `{}` with the teacher; rerun to continue from the {} labels cached",
+                    short(text),
+                    cache.len()
+                )
             })?;
             usage += label.usage;
             requests += u64::from(label.requests);
@@ -234,7 +302,10 @@ fn label_missing(
     });
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    tracing::info!("teacher: labelled {} messages in {seconds:.0} s", missing.len());
+    tracing::info!(
+        "teacher: labelled {} messages in {seconds:.0} s",
+        missing.len()
+    );
     book(requests, usage, seconds);
     outcome
 }
@@ -250,13 +321,23 @@ fn teacher_price(task: &Task, in_process: bool) -> Option<Price> {
 
 /// Adds the teacher's eval tokens to `ledger.json`; a ledger that cannot be written is only
 /// worth a warning, the labels are safe in the cache.
-fn book_tokens(path: &Path, model: &str, requests: u64, usage: prompt2lora_core::Usage, seconds: f64, price: Option<Price>) {
+fn book_tokens(
+    path: &Path,
+    model: &str,
+    requests: u64,
+    usage: prompt2lora_core::Usage,
+    seconds: f64,
+    price: Option<Price>,
+) {
     let result = Ledger::load(path).and_then(|mut ledger| {
         ledger.record(model, requests, usage, seconds, price);
         ledger.save(path)
     });
     if let Err(e) = result {
-        tracing::warn!("could not book the teacher's tokens in {}: {e}", path.display());
+        tracing::warn!(
+            "could not book the teacher's tokens in {}: {e}",
+            path.display()
+        );
     }
 }
 

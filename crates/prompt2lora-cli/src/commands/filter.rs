@@ -67,18 +67,29 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let task = super::load_task(&args.task)?;
     let mut options = resolve(&args, &task)?;
     let beside_out = |name: &str| args.out.parent().unwrap_or(Path::new("")).join(name);
-    let rejects_path = args.rejects.clone().unwrap_or_else(|| beside_out("rejects.jsonl"));
-    let report_path = args.report.clone().unwrap_or_else(|| beside_out("filter_report.json"));
+    let rejects_path = args
+        .rejects
+        .clone()
+        .unwrap_or_else(|| beside_out("rejects.jsonl"));
+    let report_path = args
+        .report
+        .clone()
+        .unwrap_or_else(|| beside_out("filter_report.json"));
 
     // Read.
     let input = prompt2lora_filter::read_input(&args.input)
         .map_err(|e| UserError::new(format!("cannot read the samples: {e}")))?;
-    let unreadable: Vec<&str> = prompt2lora_filter::input::describe_read_rejects(&input.rejects).collect();
+    let unreadable: Vec<&str> =
+        prompt2lora_filter::input::describe_read_rejects(&input.rejects).collect();
     for line in unreadable.iter().take(5) {
         tracing::warn!("{line}");
     }
     if unreadable.len() > 5 {
-        tracing::warn!("... and {} more unreadable lines, all in {}", unreadable.len() - 5, rejects_path.display());
+        tracing::warn!(
+            "... and {} more unreadable lines, all in {}",
+            unreadable.len() - 5,
+            rejects_path.display()
+        );
     }
 
     // Embedder, only when the semantic stage will run.
@@ -132,18 +143,21 @@ fn resolve(args: &Args, task: &Task) -> anyhow::Result<FilterOptions> {
     if !options.semantic {
         options.embedder_name = None;
     }
-    options.validate().map_err(|e| UserError::new(e.to_string()))?;
+    options
+        .validate()
+        .map_err(|e| UserError::new(e.to_string()))?;
     Ok(options)
 }
 
 fn load_embedder(name: &str) -> anyhow::Result<Box<dyn Embedder>> {
     tracing::info!("loading embedding model {name}");
-    let embedder = prompt2lora_encoder::SentenceEmbedder::load(name, EMBED_MAX_LENGTH).map_err(|e| {
-        UserError::new(format!("cannot load the embedding model `{name}`: {e}")).with_hint(
-            "fetch it with `prompt2lora models fetch`, name another with --embedder, or skip \
+    let embedder =
+        prompt2lora_encoder::SentenceEmbedder::load(name, EMBED_MAX_LENGTH).map_err(|e| {
+            UserError::new(format!("cannot load the embedding model `{name}`: {e}")).with_hint(
+                "fetch it with `prompt2lora models fetch`, name another with --embedder, or skip \
              the stage with --no-semantic",
-        )
-    })?;
+            )
+        })?;
     Ok(Box::new(embedder))
 }
 
@@ -160,7 +174,12 @@ fn progress_reporter(global: &GlobalArgs) -> Box<dyn Fn(&str, usize, usize) + Se
     })
 }
 
-fn write_outputs(outcome: &FilterOutcome, out: &Path, rejects: &Path, report: &Path) -> anyhow::Result<()> {
+fn write_outputs(
+    outcome: &FilterOutcome,
+    out: &Path,
+    rejects: &Path,
+    report: &Path,
+) -> anyhow::Result<()> {
     for path in [out, rejects, report] {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs_err::create_dir_all(parent)?;
@@ -170,7 +189,10 @@ fn write_outputs(outcome: &FilterOutcome, out: &Path, rejects: &Path, report: &P
     write_jsonl_atomic(rejects, &outcome.rejects)?;
     let json = serde_json::to_string_pretty(&outcome.report)?;
     fs_err::write(report, json + "\n")?;
-    let dir = report.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = report
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     match prompt2lora_filter::plot::write_plots(&outcome.report, dir) {
         Ok(paths) => tracing::debug!("plots: {paths:?}"),
         // Plots are a convenience; the numbers are in the report.

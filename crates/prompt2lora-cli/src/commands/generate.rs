@@ -10,8 +10,8 @@ use prompt2lora_core::{Task, Teacher, TeacherError};
 use prompt2lora_teacher::generate::{Estimate, Speed, estimate};
 use prompt2lora_teacher::ledger::builtin_price;
 use prompt2lora_teacher::{
-    ApiKey, GenerateError, GenerateOptions, GenerateSummary, LabelMethod, OpenAiConfig, OpenAiTeacher,
-    Price, Stop,
+    ApiKey, GenerateError, GenerateOptions, GenerateSummary, LabelMethod, OpenAiConfig,
+    OpenAiTeacher, Price, Stop,
 };
 
 use super::UserError;
@@ -76,10 +76,16 @@ fn resolve(args: &Args, task: &mut Task) -> anyhow::Result<Settings> {
     if let Some(model) = &args.model {
         task.teacher.model = model.clone();
     }
-    let env_url = std::env::var("OPENAI_BASE_URL").ok().filter(|u| !u.trim().is_empty());
-    let endpoint = args.base_url.clone().or_else(|| task.teacher.base_url.clone()).or(env_url);
-    let mut options =
-        GenerateOptions::from_task(task).map_err(|e| UserError::new(format!("{}: teacher.{e}", args.task.display())))?;
+    let env_url = std::env::var("OPENAI_BASE_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty());
+    let endpoint = args
+        .base_url
+        .clone()
+        .or_else(|| task.teacher.base_url.clone())
+        .or(env_url);
+    let mut options = GenerateOptions::from_task(task)
+        .map_err(|e| UserError::new(format!("{}: teacher.{e}", args.task.display())))?;
     if let Some(n) = args.samples {
         options.samples = n;
     } else if args.label.is_some() {
@@ -101,16 +107,26 @@ fn resolve(args: &Args, task: &mut Task) -> anyhow::Result<Settings> {
     }
     if let Some(budget) = args.budget {
         if !(budget.is_finite() && budget > 0.0) {
-            return Err(UserError::new(format!("--budget {budget}: give a positive amount of USD")).into());
+            return Err(UserError::new(format!(
+                "--budget {budget}: give a positive amount of USD"
+            ))
+            .into());
         }
         options.budget_usd = Some(budget);
     }
     options.seed = args.seed;
     options.label.seed = Some(args.seed);
-    let ledger = args.ledger.clone().unwrap_or_else(|| beside(&args.out, "ledger.json"));
+    let ledger = args
+        .ledger
+        .clone()
+        .unwrap_or_else(|| beside(&args.out, "ledger.json"));
     options.ledger_path = Some(ledger);
     options.price = price(endpoint.as_deref(), &task.teacher.model, options.price);
-    Ok(Settings { endpoint, model: task.teacher.model.clone(), options })
+    Ok(Settings {
+        endpoint,
+        model: task.teacher.model.clone(),
+        options,
+    })
 }
 
 /// The price of the teacher's tokens: the task file's, the built-in list's, or free for the
@@ -119,8 +135,11 @@ fn price(endpoint: Option<&str>, model: &str, configured: Option<Price>) -> Opti
     if configured.is_some() {
         return configured;
     }
-    let Some(url) = endpoint else { return Some(Price::FREE) };
-    let local = reqwest_host(url).is_some_and(|h| h == "localhost" || h.starts_with("127.") || h == "[::1]");
+    let Some(url) = endpoint else {
+        return Some(Price::FREE);
+    };
+    let local = reqwest_host(url)
+        .is_some_and(|h| h == "localhost" || h.starts_with("127.") || h == "[::1]");
     if local {
         return Some(Price::FREE);
     }
@@ -145,7 +164,9 @@ fn reqwest_host(url: &str) -> Option<String> {
 }
 
 fn beside(path: &Path, name: &str) -> PathBuf {
-    path.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from(name), |p| p.join(name))
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from(name), |p| p.join(name))
 }
 
 pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
@@ -154,11 +175,21 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
 
     if args.dry_run {
         let speed = match &settings.endpoint {
-            Some(_) => Speed::endpoint(settings.options.concurrency, task.teacher.requests_per_minute, task.teacher.tokens_per_minute),
+            Some(_) => Speed::endpoint(
+                settings.options.concurrency,
+                task.teacher.requests_per_minute,
+                task.teacher.tokens_per_minute,
+            ),
             None => Speed::in_process(),
         };
-        let estimate = estimate(&task, &settings.options, &args.out, settings.endpoint.is_none(), speed)
-            .map_err(|e| generate_error(e, &args))?;
+        let estimate = estimate(
+            &task,
+            &settings.options,
+            &args.out,
+            settings.endpoint.is_none(),
+            speed,
+        )
+        .map_err(|e| generate_error(e, &args))?;
         print_estimate(&estimate, &settings);
         return Ok(ExitCode::SUCCESS);
     }
@@ -167,18 +198,26 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         Some(url) => {
             let mut config = OpenAiConfig::from_settings(url, &task.teacher);
             let key_var = &task.teacher.api_key_env;
-            config.api_key = std::env::var(key_var).ok().filter(|k| !k.trim().is_empty()).map(ApiKey::new);
+            config.api_key = std::env::var(key_var)
+                .ok()
+                .filter(|k| !k.trim().is_empty())
+                .map(ApiKey::new);
             if config.api_key.is_none() {
                 tracing::debug!("{key_var} is not set: sending requests without an API key");
             }
-            Arc::new(OpenAiTeacher::new(config).map_err(|e| UserError::new(format!("teacher: {e}")))?)
+            Arc::new(
+                OpenAiTeacher::new(config).map_err(|e| UserError::new(format!("teacher: {e}")))?,
+            )
         }
         None => Arc::new(load_local(&task, args.seed)?),
     };
     tracing::info!(
         "teacher {} {}",
         settings.model,
-        settings.endpoint.as_deref().map_or("in process".to_string(), |u| format!("at {u}"))
+        settings
+            .endpoint
+            .as_deref()
+            .map_or("in process".to_string(), |u| format!("at {u}"))
     );
 
     let bar = global.progress(0, "generate");
@@ -187,8 +226,17 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         bar.set_position(p.done as u64);
         bar.set_message(format!("${:.4}", p.usd));
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    let result = runtime.block_on(prompt2lora_teacher::generate(&task, teacher, &settings.options, &args.out, &report));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(prompt2lora_teacher::generate(
+        &task,
+        teacher,
+        &settings.options,
+        &args.out,
+        &report,
+    ));
     bar.finish_and_clear();
     let summary = result.map_err(|e| generate_error(e, &args))?;
     print_summary(&summary, &args.out);
@@ -198,15 +246,21 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
 /// The in-process teacher: `teacher.model` as an embedded short name or a `.gguf` file.
 fn load_local(task: &Task, seed: u64) -> anyhow::Result<prompt2lora_local::LocalTeacher> {
     let name = &task.teacher.model;
-    let files = prompt2lora_hub::resolve(name).with_context(|| format!("finding the teacher model `{name}`"))?;
+    let files = prompt2lora_hub::resolve(name)
+        .with_context(|| format!("finding the teacher model `{name}`"))?;
     let Some(gguf) = files.gguf else {
         let message = format!("teacher model `{name}` has no GGUF file to run in process");
         let hint = "name a GGUF teacher (e.g. qwen2.5-1.5b), or set --base-url for an endpoint";
         return Err(UserError::new(message).with_hint(hint).into());
     };
     tracing::info!("loading the teacher {}", gguf.display());
-    let options = prompt2lora_local::LocalOptions { threads: task.teacher.threads, seed, model_id: files.id };
-    prompt2lora_local::LocalTeacher::load(&gguf, options).with_context(|| format!("loading {}", gguf.display()))
+    let options = prompt2lora_local::LocalOptions {
+        threads: task.teacher.threads,
+        seed,
+        model_id: files.id,
+    };
+    prompt2lora_local::LocalTeacher::load(&gguf, options)
+        .with_context(|| format!("loading {}", gguf.display()))
 }
 
 fn generate_error(error: GenerateError, args: &Args) -> anyhow::Error {
@@ -223,11 +277,19 @@ fn generate_error(error: GenerateError, args: &Args) -> anyhow::Error {
             );
             UserError::new(message).with_hint(hint).into()
         }
-        GenerateError::Settings(message) => UserError::new(format!("{}: {message}", args.task.display())).into(),
-        GenerateError::Teacher(TeacherError::Fatal(message)) => UserError::new(format!("the teacher refused: {message}"))
-            .with_hint("check --model, --base-url and the API key variable (teacher.api_key_env)")
-            .into(),
-        GenerateError::Teacher(error) => anyhow::Error::new(error).context(format!("generate stopped; {rerun}")),
+        GenerateError::Settings(message) => {
+            UserError::new(format!("{}: {message}", args.task.display())).into()
+        }
+        GenerateError::Teacher(TeacherError::Fatal(message)) => {
+            UserError::new(format!("the teacher refused: {message}"))
+                .with_hint(
+                    "check --model, --base-url and the API key variable (teacher.api_key_env)",
+                )
+                .into()
+        }
+        GenerateError::Teacher(error) => {
+            anyhow::Error::new(error).context(format!("generate stopped; {rerun}"))
+        }
         other => anyhow::Error::new(other).context("generate stopped"),
     }
 }
@@ -235,9 +297,15 @@ fn generate_error(error: GenerateError, args: &Args) -> anyhow::Error {
 fn print_estimate(estimate: &Estimate, settings: &Settings) {
     let s = &estimate.speed;
     println!("dry run: nothing was sent to the teacher");
-    println!("samples    {} in the file, {} to make", estimate.existing, estimate.remaining);
+    println!(
+        "samples    {} in the file, {} to make",
+        estimate.existing, estimate.remaining
+    );
     println!("requests   {}", estimate.requests);
-    println!("tokens     {} prompt + {} completion", estimate.usage.prompt_tokens, estimate.usage.completion_tokens);
+    println!(
+        "tokens     {} prompt + {} completion",
+        estimate.usage.prompt_tokens, estimate.usage.completion_tokens
+    );
     match estimate.usd {
         Some(usd) => println!("money      ${usd:.4}"),
         None => println!("money      unknown (no price for `{}`)", settings.model),
@@ -258,23 +326,42 @@ fn print_summary(summary: &GenerateSummary, out: &Path) {
         summary.resumed,
         duration(summary.seconds)
     );
-    let width = summary.per_intent.keys().chain(summary.requested.keys()).map(|k| k.chars().count()).max().unwrap_or(6).max(6);
+    let width = summary
+        .per_intent
+        .keys()
+        .chain(summary.requested.keys())
+        .map(|k| k.chars().count())
+        .max()
+        .unwrap_or(6)
+        .max(6);
     let synthesized = !summary.requested.is_empty();
     if synthesized {
-        println!("  {:<width$} {:>9} {:>9}", "intent", "requested", "labelled");
+        println!(
+            "  {:<width$} {:>9} {:>9}",
+            "intent", "requested", "labelled"
+        );
     } else {
         println!("  {:<width$} {:>9}", "intent", "labelled");
     }
-    let names: std::collections::BTreeSet<&String> = summary.per_intent.keys().chain(summary.requested.keys()).collect();
+    let names: std::collections::BTreeSet<&String> = summary
+        .per_intent
+        .keys()
+        .chain(summary.requested.keys())
+        .collect();
     for name in names {
         let labelled = summary.per_intent.get(name).copied().unwrap_or(0);
         match synthesized {
-            true => println!("  {name:<width$} {:>9} {labelled:>9}", summary.requested.get(name).copied().unwrap_or(0)),
+            true => println!(
+                "  {name:<width$} {:>9} {labelled:>9}",
+                summary.requested.get(name).copied().unwrap_or(0)
+            ),
             false => println!("  {name:<width$} {labelled:>9}"),
         }
     }
     for (model, cost) in &summary.ledger.models {
-        let money = cost.price.map_or("money not counted".to_string(), |_| format!("${:.4}", cost.usd));
+        let money = cost.price.map_or("money not counted".to_string(), |_| {
+            format!("${:.4}", cost.usd)
+        });
         println!(
             "teacher {model}: {} requests, {} prompt + {} completion tokens, {money}",
             cost.requests, cost.prompt_tokens, cost.completion_tokens
@@ -284,7 +371,8 @@ fn print_summary(summary: &GenerateSummary, out: &Path) {
         println!("earlier runs spent ${:.4}", summary.earlier_usd);
     }
     let d = &summary.dropped;
-    let dropped = d.duplicates + d.surplus + d.too_long + d.unusable_generations + d.unusable_labels;
+    let dropped =
+        d.duplicates + d.surplus + d.too_long + d.unusable_generations + d.unusable_labels;
     if dropped > 0 {
         println!(
             "not kept: {} duplicates, {} surplus, {} too long, {} unusable generation answers, {} unusable labels",
@@ -297,7 +385,10 @@ fn print_summary(summary: &GenerateSummary, out: &Path) {
             "stopped at the budget (${spent_usd:.4} spent) with {} samples; rerun with a larger --budget to continue",
             summary.total
         ),
-        Stop::OutOfMessages => tracing::warn!("every message is labelled or failed; {} samples", summary.total),
+        Stop::OutOfMessages => tracing::warn!(
+            "every message is labelled or failed; {} samples",
+            summary.total
+        ),
     }
 }
 
@@ -315,13 +406,30 @@ mod tests {
 
     #[test]
     fn loopback_servers_are_free_and_hosted_models_priced() {
-        assert_eq!(price(Some("http://127.0.0.1:8000/v1"), "qwen", None), Some(Price::FREE));
-        assert_eq!(price(Some("http://localhost:11434"), "llama3", None), Some(Price::FREE));
+        assert_eq!(
+            price(Some("http://127.0.0.1:8000/v1"), "qwen", None),
+            Some(Price::FREE)
+        );
+        assert_eq!(
+            price(Some("http://localhost:11434"), "llama3", None),
+            Some(Price::FREE)
+        );
         assert_eq!(price(None, "qwen2.5-1.5b", None), Some(Price::FREE));
-        assert_eq!(price(Some("https://api.openai.com/v1"), "gpt-4o-mini", None).unwrap().prompt, 0.15);
+        assert_eq!(
+            price(Some("https://api.openai.com/v1"), "gpt-4o-mini", None)
+                .unwrap()
+                .prompt,
+            0.15
+        );
         assert_eq!(price(Some("https://example.com/v1"), "mystery", None), None);
-        let set = Some(Price { prompt: 1.0, completion: 2.0 });
+        let set = Some(Price {
+            prompt: 1.0,
+            completion: 2.0,
+        });
         assert_eq!(price(Some("https://example.com/v1"), "mystery", set), set);
-        assert_eq!(reqwest_host("http://user:pw@[::1]:80/v1").as_deref(), Some("[::1]"));
+        assert_eq!(
+            reqwest_host("http://user:pw@[::1]:80/v1").as_deref(),
+            Some("[::1]")
+        );
     }
 }

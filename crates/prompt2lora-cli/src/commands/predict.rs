@@ -62,11 +62,18 @@ pub fn run(args: Args, _global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     };
 
     let from_stdin = args.input.as_os_str() == "-";
-    let source = if from_stdin { "stdin".to_string() } else { args.input.display().to_string() };
+    let source = if from_stdin {
+        "stdin".to_string()
+    } else {
+        args.input.display().to_string()
+    };
     let input: Box<dyn std::io::BufRead + Send> = if from_stdin {
         Box::new(BufReader::new(std::io::stdin()))
     } else {
-        Box::new(BufReader::with_capacity(1 << 16, fs_err::File::open(&args.input).map_err(|e| UserError::new(e.to_string()))?))
+        Box::new(BufReader::with_capacity(
+            1 << 16,
+            fs_err::File::open(&args.input).map_err(|e| UserError::new(e.to_string()))?,
+        ))
     };
     let output: Box<dyn std::io::Write> = match &args.output {
         Some(path) => Box::new(std::io::BufWriter::new(fs_err::File::create(path)?)),
@@ -85,7 +92,10 @@ pub fn run(args: Args, _global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         summary.batches
     );
     if !summary.bad_lines.is_empty() {
-        tracing::warn!("{} bad line(s) in {source} were skipped (listed above)", summary.bad_lines.len());
+        tracing::warn!(
+            "{} bad line(s) in {source} were skipped (listed above)",
+            summary.bad_lines.len()
+        );
         return Ok(ExitCode::from(EXIT_BAD_INPUT));
     }
     Ok(ExitCode::SUCCESS)

@@ -18,8 +18,9 @@ const DEFAULT_TOKEN_ENV: &str = "PROMPT2LORA_TOKEN";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Adapters to serve: `DIR` (named after the folder), `NAME=DIR`, or a folder whose
-    /// subfolders are adapters (each named after its subfolder).
+    /// Adapters to serve: `DIR` (named after the folder, or after the run folder for a run's
+    /// `adapter`), `NAME=DIR`, or a folder whose subfolders are adapters (each named after its
+    /// subfolder).
     #[arg(required = true, value_name = "ADAPTER")]
     pub adapters: Vec<String>,
     /// Address to listen on.
@@ -73,20 +74,36 @@ pub fn run(args: Args, _global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("loading `{name}` from {}", dir.display());
         let classifier = prompt2lora_encoder::AdapterClassifier::load(&dir)
             .with_context(|| format!("loading the adapter {}", dir.display()))?;
-        models.push(ServedModel { name, classifier: Arc::new(classifier) });
+        models.push(ServedModel {
+            name,
+            classifier: Arc::new(classifier),
+        });
     }
 
     // The service.
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.addr)
             .await
             .map_err(|e| UserError::new(format!("cannot listen on {}: {e}", args.addr)))?;
         let names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
-        let auth = if options.token.is_some() { "bearer token required" } else { "no auth" };
+        let auth = if options.token.is_some() {
+            "bearer token required"
+        } else {
+            "no auth"
+        };
         let app = router(models, options);
-        tracing::info!("serving {} on http://{} ({auth})", names.join(", "), listener.local_addr()?);
-        serve(listener, app, shutdown_signal()).await.context("serving HTTP")
+        tracing::info!(
+            "serving {} on http://{} ({auth})",
+            names.join(", "),
+            listener.local_addr()?
+        );
+        serve(listener, app, shutdown_signal())
+            .await
+            .context("serving HTTP")
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -97,9 +114,13 @@ fn token(var: Option<&str>) -> anyhow::Result<Option<String>> {
     let name = var.unwrap_or(DEFAULT_TOKEN_ENV);
     match std::env::var(name).ok().filter(|t| !t.trim().is_empty()) {
         Some(token) => Ok(Some(token.trim().to_string())),
-        None if var.is_some() => Err(UserError::new(format!("--token-env {name}: the variable is not set or empty"))
-            .with_hint(format!("export {name}=<token>, or leave out --token-env to serve without auth"))
-            .into()),
+        None if var.is_some() => Err(UserError::new(format!(
+            "--token-env {name}: the variable is not set or empty"
+        ))
+        .with_hint(format!(
+            "export {name}=<token>, or leave out --token-env to serve without auth"
+        ))
+        .into()),
         None => Ok(None),
     }
 }
@@ -109,30 +130,45 @@ fn adapter_dirs(specs: &[String]) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let mut out: Vec<(String, PathBuf)> = Vec::new();
     for spec in specs {
         let (name, dir) = match spec.split_once('=') {
-            Some((name, dir)) if !name.is_empty() && !Path::new(spec).exists() => (Some(name.to_string()), PathBuf::from(dir)),
+            Some((name, dir)) if !name.is_empty() && !Path::new(spec).exists() => {
+                (Some(name.to_string()), PathBuf::from(dir))
+            }
             _ => (None, PathBuf::from(spec)),
         };
         if !dir.is_dir() {
-            return Err(UserError::new(format!("{}: no such adapter folder", dir.display())).into());
+            return Err(
+                UserError::new(format!("{}: no such adapter folder", dir.display())).into(),
+            );
         }
         let found = if is_adapter(&dir) {
             vec![(name.unwrap_or_else(|| folder_name(&dir)), dir)]
         } else if name.is_none() {
-            let mut children: Vec<PathBuf> =
-                fs_err::read_dir(&dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_adapter(p)).collect();
+            let mut children: Vec<PathBuf> = fs_err::read_dir(&dir)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| is_adapter(p))
+                .collect();
             children.sort();
             if children.is_empty() {
-                let message = format!("{}: neither an adapter folder (no labels.json) nor a folder of adapters", dir.display());
+                let message = format!(
+                    "{}: neither an adapter folder (no labels.json) nor a folder of adapters",
+                    dir.display()
+                );
                 return Err(UserError::new(message).into());
             }
             children.into_iter().map(|p| (folder_name(&p), p)).collect()
         } else {
-            return Err(UserError::new(format!("{}: not an adapter folder (no labels.json)", dir.display())).into());
+            return Err(UserError::new(format!(
+                "{}: not an adapter folder (no labels.json)",
+                dir.display()
+            ))
+            .into());
         };
         for (name, dir) in found {
             if out.iter().any(|(n, _)| *n == name) {
                 let message = format!("two adapters are named `{name}`");
-                return Err(UserError::new(message).with_hint("name them with NAME=DIR").into());
+                return Err(UserError::new(message)
+                    .with_hint("name them with NAME=DIR")
+                    .into());
             }
             out.push((name, dir));
         }
@@ -144,9 +180,15 @@ fn is_adapter(dir: &Path) -> bool {
     dir.join("labels.json").is_file()
 }
 
+/// The folder's name; for the `adapter` folder of a run folder, the run's name.
 fn folder_name(dir: &Path) -> String {
     let dir = fs_err::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    dir.file_name().map_or_else(|| "default".to_string(), |n| n.to_string_lossy().into_owned())
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    match name(&dir) {
+        Some(n) if n == "adapter" => dir.parent().and_then(name).unwrap_or(n),
+        Some(n) => n,
+        None => "default".to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -171,8 +213,17 @@ mod tests {
         let found = adapter_dirs(&[format!("store={}", shop.display())]).unwrap();
         assert_eq!(found[0].0, "store");
 
-        let e = adapter_dirs(&[shop.display().to_string(), adapters.display().to_string()]).unwrap_err();
-        assert!(e.to_string().contains("two adapters are named `shop`"), "{e}");
+        let e = adapter_dirs(&[shop.display().to_string(), adapters.display().to_string()])
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("two adapters are named `shop`"),
+            "{e}"
+        );
+        let run = root.path().join("runs").join("shop-v2").join("adapter");
+        fs_err::create_dir_all(&run).unwrap();
+        fs_err::write(run.join("labels.json"), "{}").unwrap();
+        assert_eq!(adapter_dirs(&[run.display().to_string()]).unwrap()[0].0, "shop-v2");
+
         let e = adapter_dirs(&[root.path().display().to_string()]).unwrap_err();
         assert!(e.to_string().contains("nor a folder of adapters"), "{e}");
     }

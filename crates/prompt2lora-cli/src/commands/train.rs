@@ -68,7 +68,10 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let t = &mut task.train;
     if let Some(rank) = &args.rank {
         if prompt2lora_encoder::train::rank::RankChoice::parse(rank).is_none() {
-            return Err(UserError::new(format!("--rank {rank}: not a positive number, `auto` or `sweep`")).into());
+            return Err(UserError::new(format!(
+                "--rank {rank}: not a positive number, `auto` or `sweep`"
+            ))
+            .into());
         }
         t.rank = rank.clone();
     }
@@ -85,20 +88,38 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
 
     // Samples: every bad line is reported; training goes on with the good ones.
     let intents = task.intent_names();
-    let max_chars = task.filter.max_chars.max(prompt2lora_core::jsonl::DEFAULT_MAX_CHARS);
-    let rules = SampleRules { intents: Some(&intents), max_chars };
+    let max_chars = task
+        .filter
+        .max_chars
+        .max(prompt2lora_core::jsonl::DEFAULT_MAX_CHARS);
+    let rules = SampleRules {
+        intents: Some(&intents),
+        max_chars,
+    };
     let report = read_samples(&args.input, &rules)
-        .with_context(|| format!("cannot read samples from {}", args.input.display()))?;
+        .map_err(|e| UserError::new(format!("cannot read samples: {e}")))?;
     for error in &report.errors {
         tracing::warn!("{error}; line skipped");
     }
     if report.records.is_empty() {
-        return Err(UserError::new(format!("{}: no usable samples", args.input.display()))
-            .with_hint("each line needs `text` and an `intent` (or `label`) that the task file lists")
-            .into());
+        return Err(
+            UserError::new(format!("{}: no usable samples", args.input.display()))
+                .with_hint(
+                    "each line needs `text` and an `intent` (or `label`) that the task file lists",
+                )
+                .into(),
+        );
     }
-    let longest = report.records.iter().map(|s| char_len(&s.text)).max().unwrap_or(0);
-    tracing::debug!("{} samples read, longest {longest} characters", report.records.len());
+    let longest = report
+        .records
+        .iter()
+        .map(|s| char_len(&s.text))
+        .max()
+        .unwrap_or(0);
+    tracing::debug!(
+        "{} samples read, longest {longest} characters",
+        report.records.len()
+    );
 
     // Ctrl-C stops after the current step with a checkpoint; a second one exits at once.
     ctrlc::set_handler(|| {
@@ -132,30 +153,45 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             eprintln!("hint: run the same command with --resume to continue");
             Ok(ExitCode::from(130))
         }
-        Err(e @ (prompt2lora_encoder::Error::Data(_) | prompt2lora_encoder::Error::Settings(_))) => {
-            Err(UserError::new(e.to_string()).into())
-        }
+        Err(
+            e @ (prompt2lora_encoder::Error::Data(_) | prompt2lora_encoder::Error::Settings(_)),
+        ) => Err(UserError::new(e.to_string()).into()),
         Err(e) => Err(anyhow::Error::new(e).context("training failed")),
     }
 }
 
 fn print_summary(s: &TrainSummary) {
-    let f1 = s.validation_macro_f1.map_or("n/a".to_string(), |f| format!("{f:.4}"));
+    let f1 = s
+        .validation_macro_f1
+        .map_or("n/a".to_string(), |f| format!("{f:.4}"));
     let best = s.best_epoch.map_or("n/a".to_string(), |e| e.to_string());
     eprintln!(
         "trained {} steps over {} epoch(s){}: best epoch {best}, validation macro-F1 {f1}",
         s.steps,
         s.epochs_run,
-        if s.stopped_early { " (stopped early)" } else { "" }
+        if s.stopped_early {
+            " (stopped early)"
+        } else {
+            ""
+        }
     );
-    eprintln!("rank {} ({}): {}", s.rank.rank, s.rank.method, s.rank.reason);
-    let memory = s.peak_rss_bytes.map_or(String::new(), |b| format!(", peak memory {} MiB", b / (1 << 20)));
+    eprintln!(
+        "rank {} ({}): {}",
+        s.rank.rank, s.rank.method, s.rank.reason
+    );
+    let memory = s.peak_rss_bytes.map_or(String::new(), |b| {
+        format!(", peak memory {} MiB", b / (1 << 20))
+    });
     eprintln!("{:.1} examples/s{memory}", s.examples_per_second);
     eprintln!("adapter: {}", s.adapter_dir.display());
     if let Some(merged) = &s.merged_dir {
         eprintln!("merged weights: {}", merged.display());
     }
-    eprintln!("log: {}  plot: {}", s.log_path.display(), s.plot_path.display());
+    eprintln!(
+        "log: {}  plot: {}",
+        s.log_path.display(),
+        s.plot_path.display()
+    );
 }
 
 /// The progress bar: position in steps, loss and examples/s in the message.
@@ -187,8 +223,14 @@ impl Observer for Progress<'_> {
 
     fn epoch(&mut self, record: &EpochRecord) {
         let line = match record.validation_macro_f1 {
-            Some(f1) => format!("epoch {}: train loss {:.4}, validation macro-F1 {f1:.4}", record.epoch, record.train_loss),
-            None => format!("epoch {}: train loss {:.4}", record.epoch, record.train_loss),
+            Some(f1) => format!(
+                "epoch {}: train loss {:.4}, validation macro-F1 {f1:.4}",
+                record.epoch, record.train_loss
+            ),
+            None => format!(
+                "epoch {}: train loss {:.4}",
+                record.epoch, record.train_loss
+            ),
         };
         self.message(&line);
     }

@@ -41,7 +41,13 @@ const STATE: &str = "state.json";
 const TENSORS: &str = "state.safetensors";
 
 /// Writes checkpoint `step-NNNNNN` into `dir` and removes all but the newest `keep`.
-pub fn save(dir: &Path, names: &[String], state: &State, saved: &Saved, keep: usize) -> Result<PathBuf> {
+pub fn save(
+    dir: &Path,
+    names: &[String],
+    state: &State,
+    saved: &Saved,
+    keep: usize,
+) -> Result<PathBuf> {
     fs_err::create_dir_all(dir)?;
     let final_dir = dir.join(format!("step-{:07}", state.step));
     let tmp = dir.join(format!(".step-{:07}.tmp", state.step));
@@ -77,7 +83,9 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out: Vec<PathBuf> = fs_err::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-"))
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("step-"))
                 && p.join(STATE).is_file()
         })
         .collect();
@@ -102,12 +110,32 @@ pub fn load(path: &Path, names: &[String]) -> Result<(State, Saved)> {
         .map_err(|e| Error::Model(format!("{}: {e}", path.join(STATE).display())))?;
     let tensors = candle_core::safetensors::load(path.join(TENSORS), &Device::Cpu)?;
     let get = |prefix: &str, name: &str| {
-        tensors.get(&format!("{prefix}.{name}")).cloned().ok_or_else(|| {
-            Error::Model(format!("{}: tensor `{prefix}.{name}` is missing", path.display()))
-        })
+        tensors
+            .get(&format!("{prefix}.{name}"))
+            .cloned()
+            .ok_or_else(|| {
+                Error::Model(format!(
+                    "{}: tensor `{prefix}.{name}` is missing",
+                    path.display()
+                ))
+            })
     };
-    let collect = |prefix: &str| names.iter().map(|n| get(prefix, n)).collect::<Result<Vec<_>>>();
-    let best = if tensors.keys().any(|k| k.starts_with("best.")) { Some(collect("best")?) } else { None };
-    let saved = Saved { params: collect("param")?, m: collect("adam_m")?, v: collect("adam_v")?, best };
+    let collect = |prefix: &str| {
+        names
+            .iter()
+            .map(|n| get(prefix, n))
+            .collect::<Result<Vec<_>>>()
+    };
+    let best = if tensors.keys().any(|k| k.starts_with("best.")) {
+        Some(collect("best")?)
+    } else {
+        None
+    };
+    let saved = Saved {
+        params: collect("param")?,
+        m: collect("adam_m")?,
+        v: collect("adam_v")?,
+        best,
+    };
     Ok((state, saved))
 }

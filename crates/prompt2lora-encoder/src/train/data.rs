@@ -20,7 +20,12 @@ pub struct Example {
 /// The combined confidence of a sample: `label_logprob` if present, else `agreement`, else the
 /// teacher's stated `confidence`, else 1 (hand-labelled data).
 pub fn combined_confidence(sample: &Sample) -> f64 {
-    sample.label_logprob.or(sample.agreement).or(sample.confidence).unwrap_or(1.0).clamp(0.0, 1.0)
+    sample
+        .label_logprob
+        .or(sample.agreement)
+        .or(sample.confidence)
+        .unwrap_or(1.0)
+        .clamp(0.0, 1.0)
 }
 
 /// Label index of every sample, with an error naming the first unknown intent.
@@ -42,7 +47,12 @@ pub fn label_indices(samples: &[Sample], labels: &[String]) -> Result<Vec<usize>
 
 /// Splits sample indices into (train, validation), holding out `fraction` of every intent
 /// (rounded, at least one where an intent has two or more samples), shuffled by `seed`.
-pub fn stratified_split(labels: &[usize], classes: usize, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+pub fn stratified_split(
+    labels: &[usize],
+    classes: usize,
+    fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(derive_seed(seed, 0x5e11));
     let (mut train, mut validation) = (Vec::new(), Vec::new());
     for class in 0..classes {
@@ -69,7 +79,13 @@ pub fn class_weights(labels: &[usize], classes: usize) -> Vec<f32> {
     let present = counts.iter().filter(|&&c| c > 0).count().max(1);
     counts
         .iter()
-        .map(|&c| if c == 0 { 0.0 } else { labels.len() as f32 / (present as f32 * c as f32) })
+        .map(|&c| {
+            if c == 0 {
+                0.0
+            } else {
+                labels.len() as f32 / (present as f32 * c as f32)
+            }
+        })
         .collect()
 }
 
@@ -80,7 +96,12 @@ const BUCKET_BATCHES: usize = 16;
 /// are sorted by length so that each batch needs little padding, and the batch order is shuffled
 /// again. The same seed and epoch always give the same order, which is what makes `--resume`
 /// reproduce an uninterrupted run.
-pub fn epoch_batches(lengths: &[usize], batch_size: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+pub fn epoch_batches(
+    lengths: &[usize],
+    batch_size: usize,
+    seed: u64,
+    epoch: usize,
+) -> Vec<Vec<usize>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(derive_seed(seed, 0xE90C + epoch as u64));
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.shuffle(&mut rng);
@@ -142,7 +163,10 @@ mod tests {
         let mut seen: Vec<usize> = batches.concat();
         seen.sort_unstable();
         assert_eq!(seen, (0..1000).collect::<Vec<_>>());
-        let padded: usize = batches.iter().map(|b| b.iter().map(|&i| lengths[i]).max().unwrap() * b.len()).sum();
+        let padded: usize = batches
+            .iter()
+            .map(|b| b.iter().map(|&i| lengths[i]).max().unwrap() * b.len())
+            .sum();
         let real: usize = lengths.iter().sum();
         assert!((padded as f64) < real as f64 * 1.15, "{padded} vs {real}");
         assert_eq!(epoch_batches(&lengths, 32, 9, 0), batches);

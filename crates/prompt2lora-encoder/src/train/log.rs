@@ -54,7 +54,10 @@ impl History {
             while let Some(e) = epochs.next_if(|e| e.step < step.step) {
                 out.push_str(&line("epoch", serde_json::to_value(e).unwrap_or_default()));
             }
-            out.push_str(&line("step", serde_json::to_value(step).unwrap_or_default()));
+            out.push_str(&line(
+                "step",
+                serde_json::to_value(step).unwrap_or_default(),
+            ));
         }
         for e in epochs {
             out.push_str(&line("epoch", serde_json::to_value(e).unwrap_or_default()));
@@ -98,7 +101,11 @@ impl History {
             .label("loss")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RGBColor(160, 190, 230)));
         let smooth = moving_average(&self.steps.iter().map(|s| s.loss).collect::<Vec<_>>(), 20);
-        let smooth = self.steps.iter().zip(smooth).map(|(s, l)| (s.step as f64, l));
+        let smooth = self
+            .steps
+            .iter()
+            .zip(smooth)
+            .map(|(s, l)| (s.step as f64, l));
         chart
             .draw_series(LineSeries::new(smooth, BLUE.stroke_width(2)))
             .map_err(|e| err(&e))?

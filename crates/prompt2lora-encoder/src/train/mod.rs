@@ -116,17 +116,26 @@ fn train_inner(task: &Task, samples: &[Sample], options: TrainOptions<'_>) -> Re
     let text = base.text_encoder(s.max_length)?;
     let texts: Vec<&str> = samples.iter().map(|x| x.text.as_str()).collect();
     let ids = text.encode(&texts)?;
-    let (train_idx, val_idx) = data::stratified_split(&label_ids, labels.len(), s.validation_fraction, s.seed);
+    let (train_idx, val_idx) =
+        data::stratified_split(&label_ids, labels.len(), s.validation_fraction, s.seed);
     if train_idx.is_empty() {
-        return Err(Error::Data("no training samples left after the validation split".into()));
+        return Err(Error::Data(
+            "no training samples left after the validation split".into(),
+        ));
     }
-    let class_weights = s.class_weights.then(|| data::class_weights(&label_ids, labels.len()));
+    let class_weights = s
+        .class_weights
+        .then(|| data::class_weights(&label_ids, labels.len()));
     let example = |i: usize, weighted: bool| Example {
         ids: ids[i].clone(),
         label: label_ids[i],
         weight: if weighted {
             let c = class_weights.as_ref().map_or(1.0, |w| w[label_ids[i]]);
-            let q = if s.confidence_weighted { data::combined_confidence(&samples[i]) as f32 } else { 1.0 };
+            let q = if s.confidence_weighted {
+                data::combined_confidence(&samples[i]) as f32
+            } else {
+                1.0
+            };
             c * q
         } else {
             1.0
@@ -146,18 +155,36 @@ fn train_inner(task: &Task, samples: &[Sample], options: TrainOptions<'_>) -> Re
     let mut student = Student {
         encoder: base.load_encoder()?,
         pooling: base.pooling,
-        head: Head::new(labels.len(), base.config.hidden_size, &mut rand::rngs::StdRng::seed_from_u64(0))?,
+        head: Head::new(
+            labels.len(),
+            base.config.hidden_size,
+            &mut rand::rngs::StdRng::seed_from_u64(0),
+        )?,
     };
-    let checkpoint_dir = options.checkpoint_dir.clone().unwrap_or_else(|| default_checkpoint_dir(&options.out_dir));
+    let checkpoint_dir = options
+        .checkpoint_dir
+        .clone()
+        .unwrap_or_else(|| default_checkpoint_dir(&options.out_dir));
     let fingerprint = fingerprint(s, &student_name, &labels, samples);
-    let resume_from = if options.resume { checkpoint::list(&checkpoint_dir)?.pop() } else { None };
+    let resume_from = if options.resume {
+        checkpoint::list(&checkpoint_dir)?.pop()
+    } else {
+        None
+    };
     if options.resume && resume_from.is_none() {
-        tracing::warn!("--resume: no checkpoint in {}, starting from the beginning", checkpoint_dir.display());
+        tracing::warn!(
+            "--resume: no checkpoint in {}, starting from the beginning",
+            checkpoint_dir.display()
+        );
     }
 
     // Rank: fixed, auto or sweep (a resumed run keeps the rank of its checkpoint).
-    let choice = RankChoice::parse(&s.rank)
-        .ok_or_else(|| Error::Settings(format!("rank `{}` is not a positive number, `auto` or `sweep`", s.rank)))?;
+    let choice = RankChoice::parse(&s.rank).ok_or_else(|| {
+        Error::Settings(format!(
+            "rank `{}` is not a positive number, `auto` or `sweep`",
+            s.rank
+        ))
+    })?;
     let decision = match (&resume_from, choice) {
         (Some(path), _) => {
             let (state, _) = checkpoint::load(path, &[])?;
@@ -177,14 +204,26 @@ fn train_inner(task: &Task, samples: &[Sample], options: TrainOptions<'_>) -> Re
             sweep: Vec::new(),
         },
         (None, RankChoice::Auto) => {
-            let confidences: Vec<f64> = train_idx.iter().map(|&i| data::combined_confidence(&samples[i])).collect();
+            let confidences: Vec<f64> = train_idx
+                .iter()
+                .map(|&i| data::combined_confidence(&samples[i]))
+                .collect();
             rank::auto_rank(&confidences)
         }
-        (None, RankChoice::Sweep) => {
-            sweep(&mut student, s, &train_set, &val_set, labels.len(), text.pad_id(), observer)?
-        }
+        (None, RankChoice::Sweep) => sweep(
+            &mut student,
+            s,
+            &train_set,
+            &val_set,
+            labels.len(),
+            text.pad_id(),
+            observer,
+        )?,
     };
-    let message = format!("LoRA rank {} ({}): {}", decision.rank, decision.method, decision.reason);
+    let message = format!(
+        "LoRA rank {} ({}): {}",
+        decision.rank, decision.method, decision.reason
+    );
     tracing::debug!("{message}");
     observer.message(&message);
 
@@ -274,7 +313,7 @@ fn check_settings(s: &TrainSettings) -> Result<()> {
     if s.max_length < 3 {
         return bad("max_length", "must be at least 3 tokens");
     }
-    if !(s.learning_rate > 0.0) {
+    if s.learning_rate.is_nan() || s.learning_rate <= 0.0 {
         return bad("learning_rate", "must be positive");
     }
     if s.lora_dropout >= 1.0 || s.dropout >= 1.0 {
@@ -305,7 +344,12 @@ fn lora_spec(s: &TrainSettings, rank: usize) -> LoraSpec {
 
 /// Removes any adapters, attaches fresh ones and a fresh head, all from `seed`; returns the
 /// trainable parameters in a stable order (adapters, then the head).
-fn fresh_adapters(student: &mut Student, spec: &LoraSpec, classes: usize, seed: u64) -> Result<Vec<(String, Var)>> {
+fn fresh_adapters(
+    student: &mut Student,
+    spec: &LoraSpec,
+    classes: usize,
+    seed: u64,
+) -> Result<Vec<(String, Var)>> {
     for layer in &mut student.encoder.layers {
         for linear in layer.linears_mut() {
             linear.lora = None;
@@ -338,7 +382,9 @@ fn sweep(
     let epochs = s.epochs.div_ceil(4).clamp(1, 2);
     let mut results = Vec::new();
     for rank in rank::SWEEP_RANKS {
-        observer.message(&format!("rank sweep: training rank {rank} for {epochs} epoch(s)"));
+        observer.message(&format!(
+            "rank sweep: training rank {rank} for {epochs} epoch(s)"
+        ));
         let params = fresh_adapters(student, &lora_spec(s, rank), classes, s.seed)?;
         let run = Run {
             student,
@@ -355,8 +401,14 @@ fn sweep(
         let outcome = run.fit(None, &mut Silent)?;
         let f1 = outcome.state.best_f1.unwrap_or(0.0);
         let parameters = params.iter().map(|(_, p)| p.as_tensor().elem_count()).sum();
-        tracing::info!("rank sweep: rank {rank}: validation macro-F1 {f1:.4}, {parameters} parameters");
-        results.push(SweepResult { rank, validation_macro_f1: f1, parameters });
+        tracing::info!(
+            "rank sweep: rank {rank}: validation macro-F1 {f1:.4}, {parameters} parameters"
+        );
+        results.push(SweepResult {
+            rank,
+            validation_macro_f1: f1,
+            parameters,
+        });
     }
     Ok(rank::pick_sweep(results))
 }
@@ -405,7 +457,10 @@ impl Run<'_> {
         let mut adam = optim::AdamW::new(self.params, s.weight_decay)?;
         let mut best: Option<Vec<Tensor>> = None;
         let mut state = checkpoint::State {
-            fingerprint: self.checkpoints.map(|c| c.fingerprint.clone()).unwrap_or_default(),
+            fingerprint: self
+                .checkpoints
+                .map(|c| c.fingerprint.clone())
+                .unwrap_or_default(),
             rank: self.checkpoints.map_or(0, |c| c.rank),
             step: 0,
             epoch: 0,
@@ -461,20 +516,26 @@ impl Run<'_> {
                 observer.step(&record);
                 state.history.steps.push(record);
                 let stop = self.stop.is_some_and(|f| f.load(Ordering::SeqCst));
-                if let Some(plan) = self.checkpoints {
-                    if stop || (plan.every > 0 && state.step % plan.every == 0) {
-                        let path = self.save_checkpoint(plan, &state, &adam, best.as_deref())?;
-                        if stop {
-                            return Err(Error::Interrupted(path));
-                        }
+                let due =
+                    |plan: &CheckpointPlan| plan.every > 0 && state.step.is_multiple_of(plan.every);
+                if let Some(plan) = self.checkpoints.filter(|plan| stop || due(plan)) {
+                    let path = self.save_checkpoint(plan, &state, &adam, best.as_deref())?;
+                    if stop {
+                        return Err(Error::Interrupted(path));
                     }
                 }
             }
 
             // End of epoch: validation, best weights, early stopping.
-            let epoch_steps = &state.history.steps[state.history.steps.len().saturating_sub(batches.len())..];
-            let train_loss = epoch_steps.iter().map(|r| r.loss).sum::<f64>() / epoch_steps.len().max(1) as f64;
-            let validation = if self.validation.is_empty() { None } else { Some(self.evaluate()?) };
+            let epoch_steps =
+                &state.history.steps[state.history.steps.len().saturating_sub(batches.len())..];
+            let train_loss =
+                epoch_steps.iter().map(|r| r.loss).sum::<f64>() / epoch_steps.len().max(1) as f64;
+            let validation = if self.validation.is_empty() {
+                None
+            } else {
+                Some(self.evaluate()?)
+            };
             let record = EpochRecord {
                 epoch: state.epoch + 1,
                 step: state.step,
@@ -500,11 +561,19 @@ impl Run<'_> {
                     state.best_f1 = Some(f1);
                     state.best_epoch = Some(state.epoch);
                     state.stale_epochs = 0;
-                    best = Some(self.params.iter().map(|(_, p)| p.as_tensor().copy()).collect::<candle_core::Result<_>>()?);
+                    best = Some(
+                        self.params
+                            .iter()
+                            .map(|(_, p)| p.as_tensor().copy())
+                            .collect::<candle_core::Result<_>>()?,
+                    );
                 } else {
                     state.stale_epochs += 1;
                     if s.patience > 0 && state.stale_epochs >= s.patience {
-                        tracing::info!("early stop: no better validation macro-F1 for {} epochs", s.patience);
+                        tracing::info!(
+                            "early stop: no better validation macro-F1 for {} epochs",
+                            s.patience
+                        );
                         state.stopped_early = true;
                     }
                 }
@@ -521,13 +590,25 @@ impl Run<'_> {
             }
         }
         let examples_per_second = trained_examples as f64 / train_seconds.max(1e-9);
-        Ok(Outcome { state, examples_per_second })
+        Ok(Outcome {
+            state,
+            examples_per_second,
+        })
     }
 
     /// One optimiser update on the batch `members`; returns the loss and the gradient norm.
-    fn step(&self, members: &[usize], step: usize, lr: f64, adam: &mut optim::AdamW) -> Result<(f64, f64)> {
+    fn step(
+        &self,
+        members: &[usize],
+        step: usize,
+        lr: f64,
+        adam: &mut optim::AdamW,
+    ) -> Result<(f64, f64)> {
         let s = self.settings;
-        let seqs: Vec<&[u32]> = members.iter().map(|&i| self.train[i].ids.as_slice()).collect();
+        let seqs: Vec<&[u32]> = members
+            .iter()
+            .map(|&i| self.train[i].ids.as_slice())
+            .collect();
         let batch = Batch::pad(&seqs, self.pad_id);
         let dropouts = Dropouts {
             hidden: s.dropout as f32,
@@ -536,7 +617,10 @@ impl Run<'_> {
             seed: derive_seed(s.seed, step as u64),
         };
         let logits = self.student.forward(&batch, Some(&dropouts), None)?;
-        let labels: Vec<u32> = members.iter().map(|&i| self.train[i].label as u32).collect();
+        let labels: Vec<u32> = members
+            .iter()
+            .map(|&i| self.train[i].label as u32)
+            .collect();
         let weights: Vec<f32> = members.iter().map(|&i| self.train[i].weight).collect();
         let loss = weighted_cross_entropy(&logits, &labels, &weights)?;
         let grads = loss.backward()?;
@@ -560,7 +644,10 @@ impl Run<'_> {
         let mut predicted = vec![0usize; self.validation.len()];
         let mut loss_sum = 0f64;
         for chunk in order.chunks(EVAL_BATCH) {
-            let seqs: Vec<&[u32]> = chunk.iter().map(|&i| self.validation[i].ids.as_slice()).collect();
+            let seqs: Vec<&[u32]> = chunk
+                .iter()
+                .map(|&i| self.validation[i].ids.as_slice())
+                .collect();
             let batch = Batch::pad(&seqs, self.pad_id);
             let logits = self.student.forward(&batch, None, None)?.detach();
             let log_probs: Vec<Vec<f32>> = candle_nn::ops::log_softmax(&logits, 1)?.to_vec2()?;
@@ -572,7 +659,11 @@ impl Run<'_> {
         let gold: Vec<usize> = self.validation.iter().map(|e| e.label).collect();
         let correct = gold.iter().zip(&predicted).filter(|(g, p)| g == p).count();
         let n = gold.len() as f64;
-        Ok((loss_sum / n, correct as f64 / n, data::macro_f1(&gold, &predicted, self.classes)))
+        Ok((
+            loss_sum / n,
+            correct as f64 / n,
+            data::macro_f1(&gold, &predicted, self.classes),
+        ))
     }
 
     fn save_checkpoint(
@@ -584,7 +675,11 @@ impl Run<'_> {
     ) -> Result<PathBuf> {
         let names: Vec<String> = self.params.iter().map(|(n, _)| n.clone()).collect();
         let saved = checkpoint::Saved {
-            params: self.params.iter().map(|(_, p)| p.as_tensor().clone()).collect(),
+            params: self
+                .params
+                .iter()
+                .map(|(_, p)| p.as_tensor().clone())
+                .collect(),
             m: adam.m.clone(),
             v: adam.v.clone(),
             best: best.map(<[Tensor]>::to_vec),
@@ -596,7 +691,10 @@ impl Run<'_> {
 }
 
 fn argmax(row: &[f32]) -> usize {
-    row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
+    row.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
 }
 
 /// `-sum_i w_i log p(y_i | x_i) / sum_i w_i`.
@@ -633,7 +731,10 @@ fn fingerprint(s: &TrainSettings, student: &str, labels: &[String], samples: &[S
             h.update(data::combined_confidence(sample).to_le_bytes());
         }
     }
-    h.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect()
+    h.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Peak resident set size from `/proc/self/status` (Linux); `None` elsewhere.

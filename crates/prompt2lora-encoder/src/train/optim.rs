@@ -29,10 +29,19 @@ impl AdamW {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay,
-            m: params.iter().map(|(_, p)| zeros(p)).collect::<candle_core::Result<_>>()?,
-            v: params.iter().map(|(_, p)| zeros(p)).collect::<candle_core::Result<_>>()?,
+            m: params
+                .iter()
+                .map(|(_, p)| zeros(p))
+                .collect::<candle_core::Result<_>>()?,
+            v: params
+                .iter()
+                .map(|(_, p)| zeros(p))
+                .collect::<candle_core::Result<_>>()?,
             t: 0,
-            decay: params.iter().map(|(name, _)| !name.ends_with("bias")).collect(),
+            decay: params
+                .iter()
+                .map(|(name, _)| !name.ends_with("bias"))
+                .collect(),
         })
     }
 
@@ -109,7 +118,7 @@ mod tests {
         let params = vec![("w".to_string(), p.clone())];
         let mut adam = AdamW::new(&params, 0.01).unwrap();
         let g = Tensor::new(&[0.5f32, 0.25], &Device::Cpu).unwrap();
-        adam.step(&params, &[g.clone()], 0.1).unwrap();
+        adam.step(&params, std::slice::from_ref(&g), 0.1).unwrap();
         adam.step(&params, &[g], 0.1).unwrap();
         let got: Vec<f32> = p.as_tensor().to_vec1().unwrap();
         let expect0 = (1.0f32 * 0.999 - 0.1) * 0.999 - 0.1;
@@ -120,10 +129,23 @@ mod tests {
 
     #[test]
     fn clipping_bounds_the_global_norm() {
-        let mut grads = vec![Tensor::new(&[3f32, 0.0], &Device::Cpu).unwrap(), Tensor::new(&[4f32], &Device::Cpu).unwrap()];
+        let mut grads = vec![
+            Tensor::new(&[3f32, 0.0], &Device::Cpu).unwrap(),
+            Tensor::new(&[4f32], &Device::Cpu).unwrap(),
+        ];
         let norm = clip_grad_norm(&mut grads, 1.0).unwrap();
         assert!((norm - 5.0).abs() < 1e-6);
-        let after: f32 = grads.iter().map(|g| g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()).sum();
+        let after: f32 = grads
+            .iter()
+            .map(|g| {
+                g.sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            })
+            .sum();
         assert!((after.sqrt() - 1.0).abs() < 1e-5);
     }
 }

@@ -61,8 +61,15 @@ const AUTO_NOISY_RANK: usize = 32;
 
 /// The `auto` rule: the mean combined confidence of the training samples decides the rank.
 pub fn auto_rank(confidences: &[f64]) -> RankDecision {
-    let mean = if confidences.is_empty() { 1.0 } else { confidences.iter().sum::<f64>() / confidences.len() as f64 };
-    let rank = AUTO_THRESHOLDS.iter().find(|(t, _)| mean >= *t).map_or(AUTO_NOISY_RANK, |(_, r)| *r);
+    let mean = if confidences.is_empty() {
+        1.0
+    } else {
+        confidences.iter().sum::<f64>() / confidences.len() as f64
+    };
+    let rank = AUTO_THRESHOLDS
+        .iter()
+        .find(|(t, _)| mean >= *t)
+        .map_or(AUTO_NOISY_RANK, |(_, r)| *r);
     let rule = AUTO_THRESHOLDS
         .iter()
         .map(|(t, r)| format!(">= {t} -> {r}"))
@@ -72,7 +79,10 @@ pub fn auto_rank(confidences: &[f64]) -> RankDecision {
     RankDecision {
         rank,
         method: "auto".into(),
-        reason: format!("mean combined confidence {mean:.3} over {} samples; rule: {rule}", confidences.len()),
+        reason: format!(
+            "mean combined confidence {mean:.3} over {} samples; rule: {rule}",
+            confidences.len()
+        ),
         mean_confidence: Some(mean),
         sweep: Vec::new(),
     }
@@ -80,7 +90,10 @@ pub fn auto_rank(confidences: &[f64]) -> RankDecision {
 
 /// Picks the sweep's winner: the best macro-F1, ties (within [`SWEEP_TIE`]) to the smaller rank.
 pub fn pick_sweep(results: Vec<SweepResult>) -> RankDecision {
-    let best_f1 = results.iter().map(|r| r.validation_macro_f1).fold(f64::NEG_INFINITY, f64::max);
+    let best_f1 = results
+        .iter()
+        .map(|r| r.validation_macro_f1)
+        .fold(f64::NEG_INFINITY, f64::max);
     let winner = results
         .iter()
         .filter(|r| r.validation_macro_f1 >= best_f1 - SWEEP_TIE)
@@ -94,7 +107,9 @@ pub fn pick_sweep(results: Vec<SweepResult>) -> RankDecision {
     RankDecision {
         rank: winner,
         method: "sweep".into(),
-        reason: format!("best validation macro-F1 (ties within {SWEEP_TIE} to the smaller rank): {table}"),
+        reason: format!(
+            "best validation macro-F1 (ties within {SWEEP_TIE} to the smaller rank): {table}"
+        ),
         mean_confidence: None,
         sweep: results,
     }
@@ -115,9 +130,19 @@ mod tests {
 
     #[test]
     fn sweep_ties_go_to_the_smaller_rank() {
-        let r = |rank, f1| SweepResult { rank, validation_macro_f1: f1, parameters: rank * 100 };
-        assert_eq!(pick_sweep(vec![r(4, 0.90), r(8, 0.901), r(16, 0.95)]).rank, 16);
-        assert_eq!(pick_sweep(vec![r(4, 0.95), r(8, 0.951), r(16, 0.90)]).rank, 4);
+        let r = |rank, f1| SweepResult {
+            rank,
+            validation_macro_f1: f1,
+            parameters: rank * 100,
+        };
+        assert_eq!(
+            pick_sweep(vec![r(4, 0.90), r(8, 0.901), r(16, 0.95)]).rank,
+            16
+        );
+        assert_eq!(
+            pick_sweep(vec![r(4, 0.95), r(8, 0.951), r(16, 0.90)]).rank,
+            4
+        );
     }
 
     #[test]

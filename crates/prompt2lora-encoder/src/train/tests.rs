@@ -58,7 +58,13 @@ description = "Booking a table."
     Task::parse(&source, Path::new("task.toml")).unwrap()
 }
 
-fn run(task: &Task, out: &Path, resume: bool, stop: Option<&AtomicBool>, observer: &mut dyn Observer) -> crate::Result<TrainSummary> {
+fn run(
+    task: &Task,
+    out: &Path,
+    resume: bool,
+    stop: Option<&AtomicBool>,
+    observer: &mut dyn Observer,
+) -> crate::Result<TrainSummary> {
     let samples = toy_samples(60, 0.0, 1);
     let options = TrainOptions {
         out_dir: out.to_path_buf(),
@@ -79,7 +85,10 @@ fn tensors(path: &Path) -> HashMap<String, Tensor> {
 fn loss_falls_and_validation_f1_rises() {
     let dir = tempfile::tempdir().unwrap();
     write_tiny_model(&dir.path().join("model"), TinySize::default(), 1).unwrap();
-    let task = task(&dir.path().join("model"), "");
+    let task = task(
+        &dir.path().join("model"),
+        "epochs = 10\nlearning_rate = 0.05",
+    );
     let summary = run(&task, &dir.path().join("adapter"), false, None, &mut Silent).unwrap();
 
     let log = fs_err::read_to_string(&summary.log_path).unwrap();
@@ -88,18 +97,33 @@ fn loss_falls_and_validation_f1_rises() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|v| v["kind"] == "epoch")
         .collect();
-    assert_eq!(epochs.len(), 6);
+    assert_eq!(epochs.len(), 10);
     let first = epochs[0]["train_loss"].as_f64().unwrap();
-    let last = epochs[5]["train_loss"].as_f64().unwrap();
-    assert!(last < first * 0.7, "train loss {first} -> {last}");
-    assert!(summary.validation_macro_f1.unwrap() >= 0.9, "{summary:?}");
-    assert!(fs_err::read_to_string(&summary.plot_path).unwrap().contains("<svg"));
+    let last = epochs[9]["train_loss"].as_f64().unwrap();
+    assert!(last < first * 0.5, "train loss {first} -> {last}");
+    let f1 = |e: &serde_json::Value| e["validation_macro_f1"].as_f64().unwrap();
+    assert!(
+        f1(&epochs[9]) > f1(&epochs[0]) + 0.3,
+        "validation macro-F1 must rise"
+    );
+    assert!(summary.validation_macro_f1.unwrap() >= 0.75, "{summary:?}");
+    assert!(
+        fs_err::read_to_string(&summary.plot_path)
+            .unwrap()
+            .contains("<svg")
+    );
 
     // The adapters themselves trained: every B left zero.
     let saved = tensors(&summary.adapter_dir.join("adapter_model.safetensors"));
     for (name, t) in &saved {
         if name.contains("lora_B") {
-            let norm = t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            let norm = t
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(norm > 0.0, "{name} is still zero");
         }
     }
@@ -112,14 +136,26 @@ fn adapter_has_peft_layout_and_reloads_to_the_same_predictions() {
     let task = task(&dir.path().join("model"), "");
     let out = dir.path().join("adapter");
     let samples = toy_samples(60, 0.0, 1);
-    let options = TrainOptions { out_dir: out.clone(), checkpoint_dir: None, resume: false, merge: true, stop: None, observer: &mut Silent };
+    let options = TrainOptions {
+        out_dir: out.clone(),
+        checkpoint_dir: None,
+        resume: false,
+        merge: true,
+        stop: None,
+        observer: &mut Silent,
+    };
     let summary = train(&task, &samples, options).unwrap();
 
-    let config: serde_json::Value = serde_json::from_str(&fs_err::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&fs_err::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
     assert_eq!(config["peft_type"], "LORA");
     assert_eq!(config["r"], 4);
     assert_eq!(config["lora_alpha"], 8.0);
-    assert_eq!(config["target_modules"], serde_json::json!(["query", "value"]));
+    assert_eq!(
+        config["target_modules"],
+        serde_json::json!(["query", "value"])
+    );
     assert_eq!(config["modules_to_save"], serde_json::json!(["classifier"]));
     assert!(config["lora_dropout"].is_number());
     assert!(config["base_model_name_or_path"].is_string());
@@ -127,17 +163,39 @@ fn adapter_has_peft_layout_and_reloads_to_the_same_predictions() {
     let saved = tensors(&out.join("adapter_model.safetensors"));
     let mut keys: Vec<&String> = saved.keys().collect();
     keys.sort();
-    assert!(saved.contains_key("base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight"), "{keys:?}");
-    assert!(saved.contains_key("base_model.model.bert.encoder.layer.1.attention.self.value.lora_B.weight"));
-    assert!(saved.contains_key("base_model.model.classifier.weight"), "the head must be saved");
+    assert!(
+        saved.contains_key(
+            "base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight"
+        ),
+        "{keys:?}"
+    );
+    assert!(
+        saved.contains_key(
+            "base_model.model.bert.encoder.layer.1.attention.self.value.lora_B.weight"
+        )
+    );
+    assert!(
+        saved.contains_key("base_model.model.classifier.weight"),
+        "the head must be saved"
+    );
     assert!(saved.contains_key("base_model.model.classifier.bias"));
     assert_eq!(saved.len(), 2 * 2 * 2 + 2);
-    assert_eq!(saved["base_model.model.encoder.layer.0.attention.self.query.lora_A.weight".replace("model.encoder", "model.bert.encoder").as_str()].dims(), &[4, 32]);
+    assert_eq!(
+        saved["base_model.model.encoder.layer.0.attention.self.query.lora_A.weight"
+            .replace("model.encoder", "model.bert.encoder")
+            .as_str()]
+        .dims(),
+        &[4, 32]
+    );
     assert!(out.join("labels.json").is_file() && out.join("task.toml").is_file());
 
     let classifier = AdapterClassifier::load(&out).unwrap();
     assert_eq!(classifier.labels(), ["weather", "music", "booking"]);
-    let texts = ["play the jazz album", "is it cold and snow tonight", "reserve seats for dinner"];
+    let texts = [
+        "play the jazz album",
+        "is it cold and snow tonight",
+        "reserve seats for dinner",
+    ];
     let predictions = classifier.predict(&texts, 2).unwrap();
     let intents: Vec<&str> = predictions.iter().map(|p| p.intent.as_str()).collect();
     assert_eq!(intents, ["music", "weather", "booking"]);
@@ -168,20 +226,37 @@ impl Observer for StopAt<'_> {
 fn resume_after_interruption_gives_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
     write_tiny_model(&dir.path().join("model"), TinySize::default(), 1).unwrap();
-    let task = task(&dir.path().join("model"), "save_steps = 5\nkeep_checkpoints = 2\nlora_dropout = 0.2\npatience = 2");
+    let task = task(
+        &dir.path().join("model"),
+        "save_steps = 5\nkeep_checkpoints = 2\nlora_dropout = 0.2\npatience = 2",
+    );
 
     let whole = dir.path().join("whole").join("adapter");
     run(&task, &whole, false, None, &mut Silent).unwrap();
 
     let parts = dir.path().join("parts").join("adapter");
     let flag = AtomicBool::new(false);
-    let stopped = run(&task, &parts, false, Some(&flag), &mut StopAt { step: 13, flag: &flag });
+    let stopped = run(
+        &task,
+        &parts,
+        false,
+        Some(&flag),
+        &mut StopAt {
+            step: 13,
+            flag: &flag,
+        },
+    );
     match stopped {
         Err(crate::Error::Interrupted(path)) => assert!(path.ends_with("step-0000013"), "{path:?}"),
         other => panic!("expected an interruption, got {other:?}"),
     }
-    let checkpoints = super::checkpoint::list(&dir.path().join("parts").join("checkpoints")).unwrap();
-    assert_eq!(checkpoints.len(), 2, "only the newest checkpoints are kept: {checkpoints:?}");
+    let checkpoints =
+        super::checkpoint::list(&dir.path().join("parts").join("checkpoints")).unwrap();
+    assert_eq!(
+        checkpoints.len(),
+        2,
+        "only the newest checkpoints are kept: {checkpoints:?}"
+    );
     let flag = AtomicBool::new(false);
     let summary = run(&task, &parts, true, Some(&flag), &mut Silent).unwrap();
     assert!(summary.resumed_from.is_some());
@@ -206,8 +281,13 @@ fn resume_refuses_a_checkpoint_of_other_settings() {
     let out = dir.path().join("adapter");
     let task_a = task(&dir.path().join("model"), "save_steps = 5\nepochs = 1");
     run(&task_a, &out, false, None, &mut Silent).unwrap();
-    let task_b = task(&dir.path().join("model"), "save_steps = 5\nepochs = 1\nseed = 9");
-    let e = run(&task_b, &out, true, None, &mut Silent).unwrap_err().to_string();
+    let task_b = task(
+        &dir.path().join("model"),
+        "save_steps = 5\nepochs = 1\nseed = 9",
+    );
+    let e = run(&task_b, &out, true, None, &mut Silent)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("other settings or data"), "{e}");
 }
 
@@ -220,7 +300,14 @@ fn auto_rank_reads_the_data_confidence() {
     task.train.rank = "auto".into();
     task.train.epochs = 1;
     let noisy = toy_samples(20, 0.6, 2);
-    let options = TrainOptions { out_dir: dir.path().join("a"), checkpoint_dir: None, resume: false, merge: false, stop: None, observer: &mut Silent };
+    let options = TrainOptions {
+        out_dir: dir.path().join("a"),
+        checkpoint_dir: None,
+        resume: false,
+        merge: false,
+        stop: None,
+        observer: &mut Silent,
+    };
     let summary = train(&task, &noisy, options).unwrap();
     assert_eq!(summary.rank.method, "auto");
     assert!(summary.rank.rank >= 16, "{:?}", summary.rank);
