@@ -6,7 +6,8 @@
 #   pipe, PyTorch in process).
 # Trains the adapter first (minilm-l6, a stratified subset of SNIPS train) unless it exists,
 # and scores it on the SNIPS test set with `prompt2lora eval`.
-# Writes bench/results/eval-serve.md (the predict part) and raw JSON under bench/out/.
+# Writes bench/results/eval-serve.md (with bench/serve.sh's part if it ran) and raw JSON under
+# bench/out/predict/.
 #
 # usage: bench/predict.sh [--setup-only]
 # env:   SNIPS (folder with train.jsonl and test.jsonl), PER_INTENT (150), EPOCHS (3),
@@ -125,4 +126,14 @@ for r in rows:
     agree = f"{agree:.4f}" if agree is not None else "-"
     print(f"| {r['engine']} | {r['threads']} | {r['messages_per_second']:.0f} | {lat['latency_ms_p50']:.2f} | {lat['latency_ms_p99']:.2f} | {agree} |")
 PY
-cat bench/results/eval-serve.md.predict
+cat "$OUT/section.md"
+
+# The results page: both sections, whichever exist, with the machine they ran on.
+{
+  echo "# eval, predict and serve benchmarks"
+  echo
+  echo "Commands: \`bench/predict.sh\`, \`bench/serve.sh\`. Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(date -u +%Y-%m-%d)."
+  for section in bench/out/predict/section.md bench/out/serve/section.md; do
+    if [ -f "$section" ]; then echo; cat "$section"; fi
+  done
+} > bench/results/eval-serve.md

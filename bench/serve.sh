@@ -2,7 +2,8 @@
 # HTTP throughput of `prompt2lora serve` on loopback: wrk at 64 connections, one message per
 # request, against the SNIPS adapter that bench/predict.sh trains. Reports requests/s, p50/p99
 # latency and errors (non-200 answers and socket errors), and from /metrics how many texts the
-# batcher put into each classifier call. Appends to bench/results/eval-serve.md.
+# batcher put into each classifier call. Writes bench/results/eval-serve.md (with
+# bench/predict.sh's part if it ran).
 #
 # usage: bench/serve.sh
 # env:   CONNECTIONS (64), DURATION (20s), THREADS (2: candle threads), PORT (8791)
@@ -40,7 +41,7 @@ kill -TERM $SERVER
 wait $SERVER
 trap - EXIT
 
-python3 - "$OUT" "$CONNECTIONS" "$DURATION" "$THREADS" <<'PY' | tee bench/results/eval-serve.md.serve
+python3 - "$OUT" "$CONNECTIONS" "$DURATION" "$THREADS" <<'PY' | tee "$OUT/section.md"
 import re, sys
 out, connections, duration, threads = sys.argv[1:]
 wrk = open(f"{out}/wrk.txt").read()
@@ -61,3 +62,13 @@ print("| connections | duration | candle threads | requests | requests/s | p50 m
 print("|---|---|---|---|---|---|---|---|---|---|")
 print(f"| {connections} | {duration} | {threads} | {total} | {rps:.0f} | {ms(50):.2f} | {ms(99):.2f} | {non_2xx} | {socket} | {texts / max(calls, 1):.1f} |")
 PY
+
+# The results page: both sections, whichever exist, with the machine they ran on.
+{
+  echo "# eval, predict and serve benchmarks"
+  echo
+  echo "Commands: \`bench/predict.sh\`, \`bench/serve.sh\`. Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(date -u +%Y-%m-%d)."
+  for section in bench/out/predict/section.md bench/out/serve/section.md; do
+    if [ -f "$section" ]; then echo; cat "$section"; fi
+  done
+} > bench/results/eval-serve.md

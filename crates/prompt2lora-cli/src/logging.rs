@@ -52,6 +52,7 @@ pub fn init(args: &GlobalArgs) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(args.verbose > 0)
+        .with_ansi(std::io::stderr().is_terminal())
         .without_time()
         .init();
 }

@@ -20,7 +20,12 @@ pub struct Built {
     pub summary: Vec<String>,
 }
 
-pub fn build(dir: &Path, task: &Task, real_eval: bool, price_per_label: f64) -> anyhow::Result<Built> {
+pub fn build(
+    dir: &Path,
+    task: &Task,
+    real_eval: bool,
+    price_per_label: f64,
+) -> anyhow::Result<Built> {
     let stages = Stages::load(dir)?;
     let filter: Option<FilterReport> = read_json(&dir.join(files::FILTER_REPORT))?;
     let train: Option<Value> = read_json(&dir.join(files::ADAPTER).join("train_summary.json"))?;
@@ -45,30 +50,57 @@ pub fn build(dir: &Path, task: &Task, real_eval: bool, price_per_label: f64) -> 
     let kept = filter.as_ref().map(|f| f.kept);
     if let Some(c) = &comparison {
         let student = c.student.macro_f1;
-        report.summary.push(("student macro-F1".into(), format!("{student:.3}")));
-        terminal.push(format!("student macro-F1 {student:.3} on {} test messages", c.test_set.messages));
-        if let Some(t) = &c.teacher {
-            report.summary.push(("teacher macro-F1 (zero-shot)".into(), format!("{:.3}", t.metrics.macro_f1)));
-            let delta = student - t.metrics.macro_f1;
-            report.summary.push(("student - teacher".into(), format!("{:+.3}", delta)));
-            terminal.push(format!("teacher macro-F1 {:.3} ({}); student - teacher {delta:+.3}", t.metrics.macro_f1, t.model));
-        }
-        report.summary.push(("test set".into(), format!(
-            "{} ({} messages)",
-            if real_eval { "real, labelled by people" } else { "synthetic hold-out" },
+        report
+            .summary
+            .push(("student macro-F1".into(), format!("{student:.3}")));
+        terminal.push(format!(
+            "student macro-F1 {student:.3} on {} test messages",
             c.test_set.messages
-        )));
+        ));
+        if let Some(t) = &c.teacher {
+            report.summary.push((
+                "teacher macro-F1 (zero-shot)".into(),
+                format!("{:.3}", t.metrics.macro_f1),
+            ));
+            let delta = student - t.metrics.macro_f1;
+            report
+                .summary
+                .push(("student - teacher".into(), format!("{:+.3}", delta)));
+            terminal.push(format!(
+                "teacher macro-F1 {:.3} ({}); student - teacher {delta:+.3}",
+                t.metrics.macro_f1, t.model
+            ));
+        }
+        report.summary.push((
+            "test set".into(),
+            format!(
+                "{} ({} messages)",
+                if real_eval {
+                    "real, labelled by people"
+                } else {
+                    "synthetic hold-out"
+                },
+                c.test_set.messages
+            ),
+        ));
     }
     if let (Some(g), Some(k)) = (generated, kept) {
-        report.summary.push(("samples generated / kept".into(), format!("{g} / {k}")));
+        report
+            .summary
+            .push(("samples generated / kept".into(), format!("{g} / {k}")));
     }
     let total_seconds: f64 = ["generate", "filter", "train", "eval"]
         .iter()
         .filter_map(|s| stages.get(s).map(|r| r.seconds))
         .sum();
-    report.summary.push(("wall time".into(), format!("{:.1} min", total_seconds / 60.0)));
+    report.summary.push((
+        "wall time".into(),
+        format!("{:.1} min", total_seconds / 60.0),
+    ));
     let usd = ledger.total_usd();
-    report.summary.push(("teacher cost".into(), format!("${usd:.2}")));
+    report
+        .summary
+        .push(("teacher cost".into(), format!("${usd:.2}")));
     if let Some(k) = kept {
         report.summary.push((
             format!("the same labels by people (at ${price_per_label:.2} each)"),
@@ -94,7 +126,10 @@ pub fn build(dir: &Path, task: &Task, real_eval: bool, price_per_label: f64) -> 
         report.sections.push(eval_section(dir, c)?);
     }
     report.sections.push(cost_section(&stages, &ledger)?);
-    Ok(Built { html: report.to_html(), summary: terminal })
+    Ok(Built {
+        html: report.to_html(),
+        summary: terminal,
+    })
 }
 
 fn filter_section(filter: &FilterReport) -> anyhow::Result<Section> {
@@ -112,19 +147,33 @@ fn filter_section(filter: &FilterReport) -> anyhow::Result<Section> {
     });
     if let Some(svg) = prompt2lora_filter::plot::confidence_histogram_svg(filter)? {
         section.figures.push(Figure {
-            caption: "Combined confidence per intent (10 buckets) before the confidence cut.".into(),
+            caption: "Combined confidence per intent (10 buckets) before the confidence cut."
+                .into(),
             svg,
         });
     }
     section.tables.push(Table {
         caption: Some("Funnel".into()),
-        headers: vec!["stage".into(), "in".into(), "removed".into(), "out".into(), "reasons".into()],
+        headers: vec![
+            "stage".into(),
+            "in".into(),
+            "removed".into(),
+            "out".into(),
+            "reasons".into(),
+        ],
         rows: filter
             .funnel
             .iter()
             .map(|s| {
-                let reasons: Vec<String> = s.reasons.iter().map(|(k, n)| format!("{k}: {n}")).collect();
-                vec![s.stage.clone(), s.before.to_string(), s.removed.to_string(), s.after.to_string(), reasons.join(", ")]
+                let reasons: Vec<String> =
+                    s.reasons.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+                vec![
+                    s.stage.clone(),
+                    s.before.to_string(),
+                    s.removed.to_string(),
+                    s.after.to_string(),
+                    reasons.join(", "),
+                ]
             })
             .collect(),
     });
@@ -141,7 +190,12 @@ fn filter_section(filter: &FilterReport) -> anyhow::Result<Section> {
 }
 
 fn train_section(dir: &Path, train: &Value) -> Section {
-    let field = |key: &str| train.get(key).map(render_value).unwrap_or_else(|| "-".into());
+    let field = |key: &str| {
+        train
+            .get(key)
+            .map(render_value)
+            .unwrap_or_else(|| "-".into())
+    };
     let rank = train.get("rank");
     let rank_text = rank
         .map(|r| {
@@ -158,8 +212,18 @@ fn train_section(dir: &Path, train: &Value) -> Section {
             rows: vec![
                 vec!["student".into(), field("base_model")],
                 vec!["LoRA rank".into(), rank_text],
-                vec!["training / validation examples".into(), format!("{} / {}", field("train_examples"), field("validation_examples"))],
-                vec!["epochs run (best)".into(), format!("{} ({})", field("epochs_run"), field("best_epoch"))],
+                vec![
+                    "training / validation examples".into(),
+                    format!(
+                        "{} / {}",
+                        field("train_examples"),
+                        field("validation_examples")
+                    ),
+                ],
+                vec![
+                    "epochs run (best)".into(),
+                    format!("{} ({})", field("epochs_run"), field("best_epoch")),
+                ],
                 vec!["validation macro-F1".into(), field("validation_macro_f1")],
                 vec!["examples per second".into(), field("examples_per_second")],
             ],
@@ -167,17 +231,34 @@ fn train_section(dir: &Path, train: &Value) -> Section {
         ..Section::default()
     };
     if let Ok(svg) = fs_err::read_to_string(dir.join(files::ADAPTER).join("loss_curve.svg")) {
-        section.figures.push(Figure { caption: "Training loss and validation macro-F1.".into(), svg });
+        section.figures.push(Figure {
+            caption: "Training loss and validation macro-F1.".into(),
+            svg,
+        });
     }
     section
 }
 
 fn eval_section(dir: &Path, c: &Comparison) -> anyhow::Result<Section> {
-    let mut section = Section { title: "Evaluation".into(), ..Section::default() };
-    let labels: Vec<String> = c.student.per_intent.iter().map(|i| i.intent.clone()).collect();
-    let mut series = vec![("student".to_string(), c.student.per_intent.iter().map(|i| i.f1).collect())];
+    let mut section = Section {
+        title: "Evaluation".into(),
+        ..Section::default()
+    };
+    let labels: Vec<String> = c
+        .student
+        .per_intent
+        .iter()
+        .map(|i| i.intent.clone())
+        .collect();
+    let mut series = vec![(
+        "student".to_string(),
+        c.student.per_intent.iter().map(|i| i.f1).collect(),
+    )];
     if let Some(t) = &c.teacher {
-        let f1 = labels.iter().map(|l| t.metrics.intent(l).map_or(0.0, |i| i.f1)).collect();
+        let f1 = labels
+            .iter()
+            .map(|l| t.metrics.intent(l).map_or(0.0, |i| i.f1))
+            .collect();
         series.push((format!("teacher ({})", t.model), f1));
     }
     section.figures.push(Figure {
@@ -185,15 +266,33 @@ fn eval_section(dir: &Path, c: &Comparison) -> anyhow::Result<Section> {
         svg: bar_chart_svg("F1 per intent", &labels, &series, "F1")?,
     });
     for (file, caption) in [
-        (prompt2lora_eval::evaluate::files::CONFUSION, "Student confusion matrix (rows: true intent)."),
-        (prompt2lora_eval::evaluate::files::TEACHER_CONFUSION, "Teacher confusion matrix (rows: true intent)."),
-        (prompt2lora_eval::evaluate::files::RELIABILITY, "Calibration of the student's top probability."),
+        (
+            prompt2lora_eval::evaluate::files::CONFUSION,
+            "Student confusion matrix (rows: true intent).",
+        ),
+        (
+            prompt2lora_eval::evaluate::files::TEACHER_CONFUSION,
+            "Teacher confusion matrix (rows: true intent).",
+        ),
+        (
+            prompt2lora_eval::evaluate::files::RELIABILITY,
+            "Calibration of the student's top probability.",
+        ),
     ] {
         if let Ok(svg) = fs_err::read_to_string(dir.join(files::EVAL).join(file)) {
-            section.figures.push(Figure { caption: caption.into(), svg });
+            section.figures.push(Figure {
+                caption: caption.into(),
+                svg,
+            });
         }
     }
-    let mut headers = vec!["intent".to_string(), "support".into(), "precision".into(), "recall".into(), "F1".into()];
+    let mut headers = vec![
+        "intent".to_string(),
+        "support".into(),
+        "precision".into(),
+        "recall".into(),
+        "F1".into(),
+    ];
     if c.teacher.is_some() {
         headers.push("teacher F1".into());
     }
@@ -202,31 +301,56 @@ fn eval_section(dir: &Path, c: &Comparison) -> anyhow::Result<Section> {
         .per_intent
         .iter()
         .map(|i| {
-            let mut row = vec![i.intent.clone(), i.support.to_string(), format!("{:.3}", i.precision), format!("{:.3}", i.recall), format!("{:.3}", i.f1)];
+            let mut row = vec![
+                i.intent.clone(),
+                i.support.to_string(),
+                format!("{:.3}", i.precision),
+                format!("{:.3}", i.recall),
+                format!("{:.3}", i.f1),
+            ];
             if let Some(t) = &c.teacher {
-                row.push(t.metrics.intent(&i.intent).map_or("-".into(), |m| format!("{:.3}", m.f1)));
+                row.push(
+                    t.metrics
+                        .intent(&i.intent)
+                        .map_or("-".into(), |m| format!("{:.3}", m.f1)),
+                );
             }
             row
         })
         .collect();
-    section.tables.push(Table { caption: Some("Per intent".into()), headers, rows });
+    section.tables.push(Table {
+        caption: Some("Per intent".into()),
+        headers,
+        rows,
+    });
     let mut overall = vec![vec![
         "student".to_string(),
         format!("{:.3}", c.student.accuracy),
         format!("{:.3}", c.student.macro_f1),
-        c.student.calibration.as_ref().map_or("-".into(), |k| format!("{:.3}", k.ece)),
+        c.student
+            .calibration
+            .as_ref()
+            .map_or("-".into(), |k| format!("{:.3}", k.ece)),
     ]];
     if let Some(t) = &c.teacher {
         overall.push(vec![
             format!("teacher ({})", t.model),
             format!("{:.3}", t.metrics.accuracy),
             format!("{:.3}", t.metrics.macro_f1),
-            t.metrics.calibration.as_ref().map_or("-".into(), |k| format!("{:.3}", k.ece)),
+            t.metrics
+                .calibration
+                .as_ref()
+                .map_or("-".into(), |k| format!("{:.3}", k.ece)),
         ]);
     }
     section.tables.push(Table {
         caption: Some("Student vs teacher".into()),
-        headers: vec!["model".into(), "accuracy".into(), "macro-F1".into(), "ECE".into()],
+        headers: vec![
+            "model".into(),
+            "accuracy".into(),
+            "macro-F1".into(),
+            "ECE".into(),
+        ],
         rows: overall,
     });
     Ok(section)
@@ -234,21 +358,44 @@ fn eval_section(dir: &Path, c: &Comparison) -> anyhow::Result<Section> {
 
 fn cost_section(stages: &Stages, ledger: &Ledger) -> anyhow::Result<Section> {
     let names = ["generate", "filter", "train", "eval"];
-    let minutes: Vec<f64> = names.iter().map(|s| stages.get(s).map_or(0.0, |r| r.seconds / 60.0)).collect();
-    let mut section = Section { title: "Time and cost".into(), ..Section::default() };
+    let minutes: Vec<f64> = names
+        .iter()
+        .map(|s| stages.get(s).map_or(0.0, |r| r.seconds / 60.0))
+        .collect();
+    let mut section = Section {
+        title: "Time and cost".into(),
+        ..Section::default()
+    };
     let categories: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     section.figures.push(Figure {
         caption: "Wall-clock minutes per stage, as last run.".into(),
-        svg: bar_chart_svg("Minutes per stage", &categories, &[("minutes".into(), minutes.clone())], "minutes")?,
+        svg: bar_chart_svg(
+            "Minutes per stage",
+            &categories,
+            &[("minutes".into(), minutes.clone())],
+            "minutes",
+        )?,
     });
     section.tables.push(Table {
         caption: Some("Teacher usage".into()),
-        headers: vec!["model".into(), "requests".into(), "prompt tokens".into(), "completion tokens".into(), "USD".into()],
+        headers: vec![
+            "model".into(),
+            "requests".into(),
+            "prompt tokens".into(),
+            "completion tokens".into(),
+            "USD".into(),
+        ],
         rows: ledger
             .models
             .iter()
             .map(|(model, c)| {
-                vec![model.clone(), c.requests.to_string(), c.prompt_tokens.to_string(), c.completion_tokens.to_string(), format!("{:.4}", c.usd)]
+                vec![
+                    model.clone(),
+                    c.requests.to_string(),
+                    c.prompt_tokens.to_string(),
+                    c.completion_tokens.to_string(),
+                    format!("{:.4}", c.usd),
+                ]
             })
             .collect(),
     });
@@ -269,7 +416,9 @@ fn render_value(value: &Value) -> String {
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Option<T>> {
     match fs_err::read_to_string(path) {
-        Ok(text) => Ok(Some(serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)),
+        Ok(text) => Ok(Some(
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e.into()),
     }

@@ -59,8 +59,19 @@ impl Report {
             escape(&self.subtitle)
         );
         if !self.summary.is_empty() {
-            let rows = self.summary.iter().map(|(k, v)| vec![k.clone(), v.clone()]).collect();
-            render_table(&mut html, &Table { caption: None, headers: vec![], rows });
+            let rows = self
+                .summary
+                .iter()
+                .map(|(k, v)| vec![k.clone(), v.clone()])
+                .collect();
+            render_table(
+                &mut html,
+                &Table {
+                    caption: None,
+                    headers: vec![],
+                    rows,
+                },
+            );
         }
         if !self.notes.is_empty() {
             html.push_str("<div class=\"notes\"><ul>");
@@ -111,7 +122,11 @@ fn render_table(html: &mut String, table: &Table) {
     for row in &table.rows {
         html.push_str("<tr>");
         for cell in row {
-            let class = if looks_numeric(cell) { " class=\"n\"" } else { "" };
+            let class = if looks_numeric(cell) {
+                " class=\"n\""
+            } else {
+                ""
+            };
             let _ = write!(html, "<td{class}>{}</td>", escape(cell));
         }
         html.push_str("</tr>");
@@ -120,8 +135,13 @@ fn render_table(html: &mut String, table: &Table) {
 }
 
 fn looks_numeric(cell: &str) -> bool {
-    let cell = cell.trim_start_matches(['+', '-', '$']).trim_end_matches(['%', 's']);
-    !cell.is_empty() && cell.chars().all(|c| c.is_ascii_digit() || c == '.' || c == ',')
+    let cell = cell
+        .trim_start_matches(['+', '-', '$'])
+        .trim_end_matches(['%', 's']);
+    !cell.is_empty()
+        && cell
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '.' || c == ',')
 }
 
 /// Drops the XML prologue and doctype so the SVG can sit inside HTML.
@@ -168,7 +188,11 @@ pub fn bar_chart_svg(
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 18))
             .margin(10)
-            .x_label_area_size(if categories.iter().any(|c| c.chars().count() > 8) { 70 } else { 35 })
+            .x_label_area_size(if categories.iter().any(|c| c.chars().count() > 8) {
+                70
+            } else {
+                35
+            })
             .y_label_area_size(50)
             .build_cartesian_2d(0.0..groups as f64, 0.0..max)?;
         let labels: Vec<String> = categories.to_vec();
@@ -178,7 +202,11 @@ pub fn bar_chart_svg(
             .x_labels(groups)
             .x_label_formatter(&|x| {
                 let i = x.floor() as usize;
-                if (x - i as f64 - 0.5).abs() < 0.26 { labels.get(i).cloned().unwrap_or_default() } else { String::new() }
+                if (x - i as f64 - 0.5).abs() < 0.26 {
+                    labels.get(i).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
             })
             .y_desc(y_label)
             .draw()?;
@@ -191,7 +219,9 @@ pub fn bar_chart_svg(
                     Rectangle::new([(x0, 0.0), (x0 + width_each * 0.95, v)], color.filled())
                 }))?
                 .label(name.as_str())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
+                });
         }
         if series.len() > 1 {
             chart
@@ -214,7 +244,10 @@ mod tests {
         let svg = bar_chart_svg(
             "F1",
             &["退货".into(), "other".into()],
-            &[("student".into(), vec![0.9, 0.8]), ("teacher".into(), vec![0.7, 0.6])],
+            &[
+                ("student".into(), vec![0.9, 0.8]),
+                ("teacher".into(), vec![0.7, 0.6]),
+            ],
             "F1",
         )
         .unwrap();
@@ -226,7 +259,10 @@ mod tests {
             sections: vec![Section {
                 title: "Evaluation".into(),
                 text: None,
-                figures: vec![Figure { caption: "per intent".into(), svg }],
+                figures: vec![Figure {
+                    caption: "per intent".into(),
+                    svg,
+                }],
                 tables: vec![],
             }],
         };

@@ -31,7 +31,10 @@ impl Stages {
         let path = run_dir.join("stages.json");
         let mut stages: Stages = match fs_err::read_to_string(&path) {
             Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
-                tracing::warn!("{}: unreadable ({e}); every stage will run again", path.display());
+                tracing::warn!(
+                    "{}: unreadable ({e}); every stage will run again",
+                    path.display()
+                );
                 Stages::default()
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stages::default(),
@@ -52,7 +55,8 @@ impl Stages {
 
     /// Records a finished stage and saves the file atomically.
     pub fn finish(&mut self, stage: &str, inputs: String, seconds: f64) -> anyhow::Result<()> {
-        self.stages.insert(stage.to_string(), StageRecord { inputs, seconds });
+        self.stages
+            .insert(stage.to_string(), StageRecord { inputs, seconds });
         let tmp = self.path.with_extension("json.tmp");
         fs_err::write(&tmp, serde_json::to_string_pretty(self)?)?;
         fs_err::rename(&tmp, &self.path)?;
@@ -73,7 +77,8 @@ impl InputHash {
 
     /// Adds a file's content (or its absence).
     pub fn file(mut self, path: &Path) -> anyhow::Result<Self> {
-        self.0.update(path.file_name().unwrap_or_default().as_encoded_bytes());
+        self.0
+            .update(path.file_name().unwrap_or_default().as_encoded_bytes());
         match fs_err::File::open(path) {
             Ok(mut file) => {
                 let mut buffer = vec![0u8; 1 << 16];
@@ -93,8 +98,9 @@ impl InputHash {
 
     /// Adds every file of a folder, in name order.
     pub fn dir(mut self, dir: &Path) -> anyhow::Result<Self> {
-        let mut entries: Vec<PathBuf> =
-            fs_err::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        let mut entries: Vec<PathBuf> = fs_err::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
         entries.sort();
         for path in entries.into_iter().filter(|p| p.is_file()) {
             self = self.file(&path)?;
@@ -109,7 +115,10 @@ impl InputHash {
     }
 
     pub fn finish(self) -> String {
-        self.0.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect()
+        self.0.finalize()[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 }
 
@@ -123,7 +132,12 @@ mod tests {
         let input = dir.path().join("samples.jsonl");
         fs_err::write(&input, "a\n").unwrap();
         let hash = |settings: u32| {
-            InputHash::new("filter").file(&input).unwrap().value(&settings).unwrap().finish()
+            InputHash::new("filter")
+                .file(&input)
+                .unwrap()
+                .value(&settings)
+                .unwrap()
+                .finish()
         };
         let first = hash(1);
         let mut stages = Stages::load(dir.path()).unwrap();

@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn prompt2lora(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_prompt2lora")).args(args).output().expect("binary runs")
+    Command::new(env!("CARGO_BIN_EXE_prompt2lora"))
+        .args(args)
+        .output()
+        .expect("binary runs")
 }
 
 fn examples() -> PathBuf {
@@ -17,7 +20,11 @@ fn every_shipped_task_file_checks() {
         let path = examples().join(format!("{name}.toml"));
         let out = prompt2lora(&["task", "check", path.to_str().unwrap()]);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(stdout.contains(&format!("task      {name}")), "{stdout}");
     }
 }
@@ -30,7 +37,11 @@ fn broken_task_file_names_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("broken.toml");
     fs_err::write(&path, &broken).unwrap();
-    let line = broken.lines().position(|l| l.contains("\"eight\"")).unwrap() + 1;
+    let line = broken
+        .lines()
+        .position(|l| l.contains("\"eight\""))
+        .unwrap()
+        + 1;
 
     let out = prompt2lora(&["task", "check", path.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -51,7 +62,12 @@ fn help_lists_every_stage() {
     let out = prompt2lora(&["--help"]);
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for command in ["run", "generate", "filter", "train", "eval", "predict", "serve", "models", "task"] {
-        assert!(stdout.contains(&format!("  {command} ")), "{command} missing:\n{stdout}");
+    for command in [
+        "run", "generate", "filter", "train", "eval", "predict", "serve", "models", "task",
+    ] {
+        assert!(
+            stdout.contains(&format!("  {command} ")),
+            "{command} missing:\n{stdout}"
+        );
     }
 }

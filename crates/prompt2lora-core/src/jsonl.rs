@@ -44,14 +44,19 @@ pub struct SampleRules<'a> {
 
 impl Default for SampleRules<'_> {
     fn default() -> Self {
-        SampleRules { intents: None, max_chars: DEFAULT_MAX_CHARS }
+        SampleRules {
+            intents: None,
+            max_chars: DEFAULT_MAX_CHARS,
+        }
     }
 }
 
 /// Reads any JSONL file of `T`, line by line. Blank lines are skipped. A missing file is an
 /// I/O error; everything else wrong is a [`LineError`] and the reading goes on.
 pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> std::io::Result<ReadReport<T>> {
-    read_lines(path, |line| serde_json::from_str(line).map_err(describe_json_error))
+    read_lines(path, |line| {
+        serde_json::from_str(line).map_err(describe_json_error)
+    })
 }
 
 /// Reads sample records. A record may say `label` instead of `intent` (the usual name in
@@ -63,13 +68,16 @@ pub fn read_samples(path: &Path, rules: &SampleRules<'_>) -> std::io::Result<Rea
 fn parse_sample(line: &str, rules: &SampleRules<'_>) -> Result<Sample, String> {
     let mut value: serde_json::Value = serde_json::from_str(line).map_err(describe_json_error)?;
     let object = value.as_object_mut().ok_or("not a JSON object")?;
-    if !object.contains_key("intent") {
-        if let Some(label) = object.remove("label") {
-            object.insert("intent".into(), label);
-        }
+    if !object.contains_key("intent")
+        && let Some(label) = object.remove("label")
+    {
+        object.insert("intent".into(), label);
     }
     if !object.contains_key("id") {
-        let text = object.get("text").and_then(|t| t.as_str()).unwrap_or_default();
+        let text = object
+            .get("text")
+            .and_then(|t| t.as_str())
+            .unwrap_or_default();
         object.insert("id".into(), Sample::id_for(text).into());
     }
     let sample: Sample = serde_json::from_value(value).map_err(describe_json_error)?;
@@ -78,12 +86,15 @@ fn parse_sample(line: &str, rules: &SampleRules<'_>) -> Result<Sample, String> {
     }
     let len = char_len(&sample.text);
     if len > rules.max_chars {
-        return Err(format!("text is {len} characters long, over the limit of {}", rules.max_chars));
+        return Err(format!(
+            "text is {len} characters long, over the limit of {}",
+            rules.max_chars
+        ));
     }
-    if let Some(intents) = rules.intents {
-        if !intents.iter().any(|i| *i == sample.intent) {
-            return Err(format!("unknown intent `{}`", sample.intent));
-        }
+    if let Some(intents) = rules.intents
+        && !intents.contains(&sample.intent)
+    {
+        return Err(format!("unknown intent `{}`", sample.intent));
     }
     Ok(sample)
 }
@@ -101,7 +112,10 @@ fn read_lines<T>(
     mut parse: impl FnMut(&str) -> Result<T, String>,
 ) -> std::io::Result<ReadReport<T>> {
     let bytes = fs_err::read(path)?;
-    let mut report = ReadReport { records: Vec::new(), errors: Vec::new() };
+    let mut report = ReadReport {
+        records: Vec::new(),
+        errors: Vec::new(),
+    };
     let ends_cleanly = bytes.last().is_none_or(|&b| b == b'\n');
     let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
     let last = lines.len().saturating_sub(1);
@@ -121,7 +135,11 @@ fn read_lines<T>(
                 if index == last && !ends_cleanly {
                     message.push_str("; the last line has no newline: an interrupted write?");
                 }
-                report.errors.push(LineError { path: path.to_path_buf(), line, message });
+                report.errors.push(LineError {
+                    path: path.to_path_buf(),
+                    line,
+                    message,
+                });
             }
         }
     }
@@ -149,11 +167,18 @@ impl JsonlWriter {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => return Err(e),
         };
-        let mut file = fs_err::OpenOptions::new().create(true).append(true).open(path)?;
+        let mut file = fs_err::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
         if torn {
             file.write_all(b"\n")?;
         }
-        Ok(JsonlWriter { file, sync: true, buffer: Vec::with_capacity(512) })
+        Ok(JsonlWriter {
+            file,
+            sync: true,
+            buffer: Vec::with_capacity(512),
+        })
     }
 
     /// Skips the `fsync` after each record (bulk outputs that are rewritten on failure anyway);
@@ -214,21 +239,38 @@ mod tests {
         bytes.extend_from_slice(b"\n");
         bytes.extend_from_slice(b"{\"text\":\"   \",\"intent\":\"shipping\"}\n");
         bytes.extend_from_slice(b"{\"text\":\"\xff\xfe\",\"intent\":\"shipping\"}\n");
-        bytes.extend_from_slice(format!("{{\"text\":\"{}\",\"label\":\"shipping\"}}\n", "a".repeat(600)).as_bytes());
+        bytes.extend_from_slice(
+            format!(
+                "{{\"text\":\"{}\",\"label\":\"shipping\"}}\n",
+                "a".repeat(600)
+            )
+            .as_bytes(),
+        );
         bytes.extend_from_slice(b"{\"text\":\"ok\",\"label\":\"shipping\"}\n");
         bytes.extend_from_slice(b"{\"text\":\"torn");
         fs_err::write(&path, bytes).unwrap();
 
         let intents = vec!["shipping".to_string()];
-        let rules = SampleRules { intents: Some(&intents), max_chars: DEFAULT_MAX_CHARS };
+        let rules = SampleRules {
+            intents: Some(&intents),
+            max_chars: DEFAULT_MAX_CHARS,
+        };
         let report = read_samples(&path, &rules).unwrap();
         assert_eq!(report.records.len(), 2);
         assert_eq!(report.records[1].id, Sample::id_for("ok"));
         let lines: Vec<usize> = report.errors.iter().map(|e| e.line).collect();
         assert_eq!(lines, vec![2, 3, 4, 6, 7, 8, 10]);
         let messages: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
-        assert!(messages[0].ends_with("s.jsonl:2: bad JSON (key must be a string at line 1 column 2)"), "{}", messages[0]);
-        assert!(messages[1].contains("missing field `text`"), "{}", messages[1]);
+        assert!(
+            messages[0].ends_with("s.jsonl:2: bad JSON (key must be a string at line 1 column 2)"),
+            "{}",
+            messages[0]
+        );
+        assert!(
+            messages[1].contains("missing field `text`"),
+            "{}",
+            messages[1]
+        );
         assert!(messages[2].contains("unknown intent `nope`"));
         assert!(messages[3].contains("empty text"));
         assert!(messages[4].contains("invalid UTF-8"));

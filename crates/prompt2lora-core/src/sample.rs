@@ -116,8 +116,17 @@ mod tests {
     #[test]
     fn every_field_is_written() {
         let line = serde_json::to_string(&Sample::new("hi", "other")).unwrap();
-        for key in ["confidence", "label_logprob", "agreement", "reason", "requested_intent"] {
-            assert!(line.contains(&format!("\"{key}\":")), "{key} missing in {line}");
+        for key in [
+            "confidence",
+            "label_logprob",
+            "agreement",
+            "reason",
+            "requested_intent",
+        ] {
+            assert!(
+                line.contains(&format!("\"{key}\":")),
+                "{key} missing in {line}"
+            );
         }
     }
 }

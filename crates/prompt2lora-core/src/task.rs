@@ -141,7 +141,9 @@ pub struct FilterSettings {
     pub drift: DriftAction,
     /// Character n-gram size for MinHash. Default 3.
     pub ngram: usize,
-    /// Estimated Jaccard similarity above which two texts are near duplicates. Default 0.7.
+    /// Similarity from which two texts are near duplicates: the Jaccard similarity of their
+    /// character n-gram sets, or for texts of up to 40 characters also their edit similarity.
+    /// Default 0.8 (chosen on the planted-duplicate benchmark, `bench/results/filter.md`).
     pub near_duplicate_threshold: f64,
     /// Cosine similarity of embeddings above which two texts are semantic duplicates.
     /// Default 0.95.
@@ -163,7 +165,7 @@ impl Default for FilterSettings {
             max_chars: 256,
             drift: DriftAction::Drop,
             ngram: 3,
-            near_duplicate_threshold: 0.7,
+            near_duplicate_threshold: 0.8,
             semantic_threshold: 0.95,
             embedder: None,
             keep_fraction: 0.8,
@@ -294,7 +296,8 @@ impl Task {
             };
             error(e.span(), message)
         })?;
-        task.validate().map_err(|(span, message)| error(span, message))?;
+        task.validate()
+            .map_err(|(span, message)| error(span, message))?;
         Ok(task)
     }
 
@@ -303,33 +306,50 @@ impl Task {
             return Err((None, "key `name`: must not be empty".into()));
         }
         if self.intents.len() < 2 {
-            return Err((None, "key `intents`: a classifier needs at least two intents".into()));
+            return Err((
+                None,
+                "key `intents`: a classifier needs at least two intents".into(),
+            ));
         }
         for (i, intent) in self.intents.iter().enumerate() {
             let name = intent.name.get_ref();
             if name.trim().is_empty() {
-                return Err((Some(intent.name.span()), "key `name`: intent name is empty".into()));
+                return Err((
+                    Some(intent.name.span()),
+                    "key `name`: intent name is empty".into(),
+                ));
             }
             if intent.description.trim().is_empty() {
                 let message = format!("key `description`: intent `{name}` has no description");
                 return Err((Some(intent.name.span()), message));
             }
-            if self.intents[..i].iter().any(|other| other.name.get_ref() == name) {
+            if self.intents[..i]
+                .iter()
+                .any(|other| other.name.get_ref() == name)
+            {
                 let message = format!("key `name`: intent `{name}` is listed twice");
                 return Err((Some(intent.name.span()), message));
             }
         }
-        if let Some(catch_all) = &self.catch_all {
-            if !self.intents.iter().any(|i| i.name.get_ref() == catch_all.get_ref()) {
-                let message =
-                    format!("key `catch_all`: `{}` is not one of the intents", catch_all.get_ref());
-                return Err((Some(catch_all.span()), message));
-            }
+        if let Some(catch_all) = &self.catch_all
+            && !self
+                .intents
+                .iter()
+                .any(|i| i.name.get_ref() == catch_all.get_ref())
+        {
+            let message = format!(
+                "key `catch_all`: `{}` is not one of the intents",
+                catch_all.get_ref()
+            );
+            return Err((Some(catch_all.span()), message));
         }
         let f = &self.filter;
         for (key, value) in [
             ("filter.keep_fraction", f.keep_fraction),
-            ("filter.near_duplicate_threshold", f.near_duplicate_threshold),
+            (
+                "filter.near_duplicate_threshold",
+                f.near_duplicate_threshold,
+            ),
             ("filter.semantic_threshold", f.semantic_threshold),
             ("train.validation_fraction", self.train.validation_fraction),
             ("train.lora_dropout", self.train.lora_dropout),
@@ -341,11 +361,19 @@ impl Task {
         }
         let rank = self.train.rank.as_str();
         if !matches!(rank, "auto" | "sweep") && rank.parse::<usize>().map_or(true, |r| r == 0) {
-            return Err((None, format!("key `train.rank`: `{rank}` is not a positive number, `auto` or `sweep`")));
+            return Err((
+                None,
+                format!("key `train.rank`: `{rank}` is not a positive number, `auto` or `sweep`"),
+            ));
         }
         for (from, to) in &self.eval.label_map {
             if !self.intents.iter().any(|i| i.name.get_ref() == to) {
-                return Err((None, format!("key `eval.label_map`: `{from}` maps to `{to}`, which is not an intent")));
+                return Err((
+                    None,
+                    format!(
+                        "key `eval.label_map`: `{from}` maps to `{to}`, which is not an intent"
+                    ),
+                ));
             }
         }
         Ok(())
@@ -353,7 +381,10 @@ impl Task {
 
     /// Intent names in the order of the file.
     pub fn intent_names(&self) -> Vec<String> {
-        self.intents.iter().map(|i| i.name.get_ref().clone()).collect()
+        self.intents
+            .iter()
+            .map(|i| i.name.get_ref().clone())
+            .collect()
     }
 
     pub fn intent(&self, name: &str) -> Option<&Intent> {
@@ -366,15 +397,25 @@ impl Task {
 
     /// The student (and embedder) used when the task does not name one.
     pub fn default_encoder(&self) -> &'static str {
-        if self.language.eq_ignore_ascii_case("en") { "minilm-l6" } else { "e5-small" }
+        if self.language.eq_ignore_ascii_case("en") {
+            "minilm-l6"
+        } else {
+            "e5-small"
+        }
     }
 
     pub fn student(&self) -> String {
-        self.train.student.clone().unwrap_or_else(|| self.default_encoder().into())
+        self.train
+            .student
+            .clone()
+            .unwrap_or_else(|| self.default_encoder().into())
     }
 
     pub fn embedder(&self) -> String {
-        self.filter.embedder.clone().unwrap_or_else(|| self.default_encoder().into())
+        self.filter
+            .embedder
+            .clone()
+            .unwrap_or_else(|| self.default_encoder().into())
     }
 
     /// Maps a test-set label to a task intent through `[eval] label_map`.
@@ -384,7 +425,11 @@ impl Task {
 }
 
 fn line_of(source: &str, offset: usize) -> usize {
-    source[..offset.min(source.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    source[..offset.min(source.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// The dotted key whose value starts at `offset`: the text left of `=` on that line, prefixed
@@ -392,7 +437,9 @@ fn line_of(source: &str, offset: usize) -> usize {
 fn key_at(source: &str, offset: usize) -> Option<String> {
     let offset = offset.min(source.len());
     let start = source[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let end = source[offset..].find('\n').map_or(source.len(), |i| offset + i);
+    let end = source[offset..]
+        .find('\n')
+        .map_or(source.len(), |i| offset + i);
     let (key, _) = source[start..end].split_once('=')?;
     let key = key.trim().trim_matches('"');
     let section = source[..start]
@@ -463,11 +510,17 @@ epochs = 3
     fn semantic_errors_name_line_and_key() {
         let bad = GOOD.replace("catch_all = \"other\"", "catch_all = \"misc\"");
         let e = parse(&bad).unwrap_err().to_string();
-        assert_eq!(e, "task.toml:4: key `catch_all`: `misc` is not one of the intents");
+        assert_eq!(
+            e,
+            "task.toml:4: key `catch_all`: `misc` is not one of the intents"
+        );
 
         let bad = GOOD.replace("name = \"other\"", "name = \"return\"");
         let e = parse(&bad).unwrap_err().to_string();
-        assert_eq!(e, "task.toml:12: key `name`: intent `return` is listed twice");
+        assert_eq!(
+            e,
+            "task.toml:12: key `name`: intent `return` is listed twice"
+        );
 
         let bad = GOOD.replace("description = \"Anything else.\"", "description = \" \"");
         let e = parse(&bad).unwrap_err().to_string();

@@ -12,13 +12,22 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn system(content: impl Into<String>) -> Self {
-        ChatMessage { role: "system".into(), content: content.into() }
+        ChatMessage {
+            role: "system".into(),
+            content: content.into(),
+        }
     }
     pub fn user(content: impl Into<String>) -> Self {
-        ChatMessage { role: "user".into(), content: content.into() }
+        ChatMessage {
+            role: "user".into(),
+            content: content.into(),
+        }
     }
     pub fn assistant(content: impl Into<String>) -> Self {
-        ChatMessage { role: "assistant".into(), content: content.into() }
+        ChatMessage {
+            role: "assistant".into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -116,7 +125,10 @@ pub trait Teacher: Send + Sync {
         top: usize,
     ) -> Result<ChatWithLogprobs, TeacherError> {
         let _ = top;
-        Ok(ChatWithLogprobs { response: self.chat(request).await?, tokens: None })
+        Ok(ChatWithLogprobs {
+            response: self.chat(request).await?,
+            tokens: None,
+        })
     }
 
     /// Scores each of `choices` as the assistant's answer to `messages`, i.e. the
@@ -128,6 +140,8 @@ pub trait Teacher: Send + Sync {
         choices: &[String],
     ) -> Result<ChoiceScores, TeacherError> {
         let _ = (messages, choices);
-        Err(TeacherError::Unsupported("scoring answers by log-probability".into()))
+        Err(TeacherError::Unsupported(
+            "scoring answers by log-probability".into(),
+        ))
     }
 }

@@ -82,7 +82,11 @@ fn main() {
         println!(
             "\n| near | semantic | recall exact | recall one-char | recall paraphrase | recall all | precision | false positives |\n|---|---|---|---|---|---|---|---|"
         );
-        let semantic_thresholds: &[f64] = if semantic { &[0.85, 0.88, 0.9, 0.92, 0.95] } else { &[1.0] };
+        let semantic_thresholds: &[f64] = if semantic {
+            &[0.85, 0.88, 0.9, 0.92, 0.95]
+        } else {
+            &[1.0]
+        };
         for near in [0.7, 0.8, 0.85, 0.9, 0.95] {
             for &sem in semantic_thresholds {
                 let mut options = FilterOptions::from_task(&task);

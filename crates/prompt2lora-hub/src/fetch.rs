@@ -184,14 +184,17 @@ impl ModelCache {
         remove_stale_partials(&dir);
         remove_stale_partials(&self.home.join("downloads"));
 
+        // A manifest here is stale (another catalog version): start the folder afresh.
+        if dir.join(MANIFEST).exists() {
+            tracing::info!("{} in the cache is outdated: fetching it again", spec.name);
+            fs::remove_dir_all(&dir)?;
+            fs::create_dir_all(&dir)?;
+        }
+
         // Assemble: each step runs unless its outputs are already in place (a resumed fetch).
         let mut wheels = BTreeMap::new();
         for step in &spec.steps {
-            if step
-                .outputs()
-                .iter()
-                .all(|(path, _)| dir.join(path).is_file())
-            {
+            if outputs_in_place(step, &dir)? {
                 continue;
             }
             for index in step.packages() {
@@ -335,6 +338,26 @@ impl ModelCache {
             }
         }
     }
+}
+
+/// Whether a step's outputs are all there with the right sha256 (left by an interrupted
+/// fetch); a wrong one is removed.
+fn outputs_in_place(step: &Step, dir: &Path) -> Result<bool, HubError> {
+    let mut all = true;
+    for (path, expected) in step.outputs() {
+        let path = dir.join(path);
+        if !path.is_file() {
+            all = false;
+        } else if sha256_file(&path)? != expected {
+            tracing::warn!(
+                "{} does not match its sha256: making it again",
+                path.display()
+            );
+            fs::remove_file(&path)?;
+            all = false;
+        }
+    }
+    Ok(all)
 }
 
 /// The files a complete model folder holds, with their sha256.

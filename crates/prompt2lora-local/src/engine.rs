@@ -107,7 +107,11 @@ impl Engine {
         }
         let (mut cache, mut done) = match self.prompt_cache.take() {
             Some((tokens, mut cache)) => {
-                let shared = tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+                let shared = tokens
+                    .iter()
+                    .zip(prompt)
+                    .take_while(|(a, b)| a == b)
+                    .count();
                 // At least the last prompt token must run, to get its hidden state.
                 let keep = shared.min(prompt.len() - 1);
                 cache.truncate(keep)?;
@@ -120,7 +124,9 @@ impl Engine {
         let mut last = None;
         while done < prompt.len() {
             let end = (done + PREFILL_CHUNK).min(prompt.len());
-            let hidden = self.model.forward(&[prompt[done..end].to_vec()], &mut cache)?;
+            let hidden = self
+                .model
+                .forward(&[prompt[done..end].to_vec()], &mut cache)?;
             last = Some(hidden.narrow(1, end - done - 1, 1)?.squeeze(1)?);
             done = end;
         }
@@ -138,7 +144,10 @@ impl Engine {
     /// Completes several chats together: each prompt is run on its own (reusing the shared
     /// prefix of the one before), then all answers are decoded in one batch, one token per
     /// sequence per forward pass.
-    pub fn chat_batch(&mut self, requests: &[ChatRequest]) -> Vec<Result<ChatResponse, LocalError>> {
+    pub fn chat_batch(
+        &mut self,
+        requests: &[ChatRequest],
+    ) -> Vec<Result<ChatResponse, LocalError>> {
         let mut results: Vec<Option<Result<ChatResponse, LocalError>>> =
             (0..requests.len()).map(|_| None).collect();
         let mut sequences = Vec::new();
@@ -174,7 +183,11 @@ impl Engine {
         request: &ChatRequest,
     ) -> Result<(Sequence, KvCache, Tensor), LocalError> {
         let prompt = self.encode_chat(&request.messages)?;
-        let room = self.model.config.context_length.saturating_sub(prompt.len());
+        let room = self
+            .model
+            .config
+            .context_length
+            .saturating_sub(prompt.len());
         if room == 0 {
             return Err(LocalError::ContextOverflow {
                 tokens: prompt.len(),
@@ -189,7 +202,10 @@ impl Engine {
         let (cache, hidden) = self.prefill(&prompt)?;
         let sequence = Sequence {
             request: index,
-            params: SamplingParams { temperature: request.temperature, top_p: request.top_p },
+            params: SamplingParams {
+                temperature: request.temperature,
+                top_p: request.top_p,
+            },
             rng: StdRng::seed_from_u64(seed),
             matcher,
             generated: Vec::new(),
@@ -203,7 +219,10 @@ impl Engine {
         if self.grammars.is_none() {
             let started = Instant::now();
             self.grammars = Some(Grammars::new(&self.vocab, self.end_of_turn)?);
-            tracing::debug!(seconds = started.elapsed().as_secs_f32(), "built the token trie");
+            tracing::debug!(
+                seconds = started.elapsed().as_secs_f32(),
+                "built the token trie"
+            );
         }
         Ok(self.grammars.as_ref().expect("set above"))
     }
@@ -251,10 +270,17 @@ impl Engine {
             logits = self.model.logits(&hidden.squeeze(1)?)?;
             steps += 1;
         }
-        tracing::trace!(steps, seconds = started.elapsed().as_secs_f32(), "decoded a batch");
+        tracing::trace!(
+            steps,
+            seconds = started.elapsed().as_secs_f32(),
+            "decoded a batch"
+        );
         Ok(())
     }
 
+    // TODO: tokens that a JSON schema forces (such as `{"intent": "`) are decoded one forward
+    // pass each; running them in one pass, as llguidance's fast-forward tokens allow, would
+    // save several decoding steps per constrained answer.
     fn step(&self, sequence: &mut Sequence, logits: &[f32]) -> Result<Step, LocalError> {
         let limit = self.vocab.size.min(logits.len());
         let token = match &mut sequence.matcher {
@@ -270,7 +296,9 @@ impl Engine {
             None => sample(logits, |id| id < limit, sequence.params, &mut sequence.rng),
         };
         let Some(token) = token else {
-            return Err(LocalError::Constraint("no token can continue the answer".into()));
+            return Err(LocalError::Constraint(
+                "no token can continue the answer".into(),
+            ));
         };
         if token == self.end_of_turn || self.vocab.is_stop(token) {
             return Ok(Step::Done);
@@ -308,7 +336,11 @@ impl Engine {
     ) -> Result<ChoiceScores, LocalError> {
         let prompt = self.encode_chat(messages)?;
         let (cache, hidden) = self.prefill(&prompt)?;
-        let first = self.model.log_probs(&hidden)?.squeeze(0)?.to_vec1::<f32>()?;
+        let first = self
+            .model
+            .log_probs(&hidden)?
+            .squeeze(0)?
+            .to_vec1::<f32>()?;
         let continuations = choices
             .iter()
             .map(|choice| {
@@ -317,8 +349,10 @@ impl Engine {
                 Ok(ids)
             })
             .collect::<Result<Vec<_>, LocalError>>()?;
-        let mut logprobs: Vec<f64> =
-            continuations.iter().map(|ids| f64::from(first[ids[0] as usize])).collect();
+        let mut logprobs: Vec<f64> = continuations
+            .iter()
+            .map(|ids| f64::from(first[ids[0] as usize]))
+            .collect();
         for (chunk_index, chunk) in continuations.chunks(SCORE_CHUNK).enumerate() {
             let rest = self.score_rest(&cache, chunk)?;
             for (i, value) in rest.into_iter().enumerate() {
@@ -328,13 +362,20 @@ impl Engine {
         let choice_tokens: usize = continuations.iter().map(Vec::len).sum();
         Ok(ChoiceScores {
             logprobs,
-            usage: Usage { prompt_tokens: (prompt.len() + choice_tokens) as u64, completion_tokens: 0 },
+            usage: Usage {
+                prompt_tokens: (prompt.len() + choice_tokens) as u64,
+                completion_tokens: 0,
+            },
         })
     }
 
     /// Log-probability of every token after the first of each continuation, all continuations
     /// run as one right-padded batch on copies of the prompt's cache.
-    fn score_rest(&self, cache: &KvCache, continuations: &[Vec<u32>]) -> Result<Vec<f64>, LocalError> {
+    fn score_rest(
+        &self,
+        cache: &KvCache,
+        continuations: &[Vec<u32>],
+    ) -> Result<Vec<f64>, LocalError> {
         let width = continuations.iter().map(|c| c.len() - 1).max().unwrap_or(0);
         if width == 0 {
             return Ok(vec![0.0; continuations.len()]);
@@ -364,7 +405,11 @@ impl Engine {
         let device = hidden.device().clone();
         let hidden = hidden.index_select(&Tensor::new(positions, &device)?, 0)?;
         let targets_t = Tensor::new(targets.as_slice(), &device)?.unsqueeze(1)?;
-        let picked = self.model.log_probs(&hidden)?.gather(&targets_t, 1)?.squeeze(1)?;
+        let picked = self
+            .model
+            .log_probs(&hidden)?
+            .gather(&targets_t, 1)?
+            .squeeze(1)?;
         let picked = picked.to_vec1::<f32>()?;
         let mut sums = vec![0.0f64; continuations.len()];
         let mut k = 0;
@@ -409,11 +454,16 @@ mod tests {
     fn batched_chats_equal_chats_run_alone() {
         let (_dir, mut engine) = engine("qwen2");
         let mut requests = vec![request(12, 0.0, None), request(5, 0.8, Some(11))];
-        requests[1].messages.insert(0, ChatMessage::system("a longer system prompt here"));
+        requests[1]
+            .messages
+            .insert(0, ChatMessage::system("a longer system prompt here"));
         requests.push(request(9, 1.0, Some(4)));
         let together = engine.chat_batch(&requests);
         for (request, batched) in requests.iter().zip(&together) {
-            let alone = engine.chat_batch(std::slice::from_ref(request)).remove(0).unwrap();
+            let alone = engine
+                .chat_batch(std::slice::from_ref(request))
+                .remove(0)
+                .unwrap();
             let batched = batched.as_ref().unwrap();
             assert_eq!(batched.text, alone.text);
             assert_eq!(batched.usage, alone.usage);
@@ -439,18 +489,30 @@ mod tests {
             let intent = value["intent"].as_str().unwrap();
             assert!(["refund", "greeting"].contains(&intent), "{value}");
             assert!(value["n"].as_u64().is_some_and(|n| n <= 99), "{value}");
-            assert!(answer.text.starts_with("{\"intent\": \""), "{:?}", answer.text);
+            assert!(
+                answer.text.starts_with("{\"intent\": \""),
+                "{:?}",
+                answer.text
+            );
         }
         let mut bad = request(10, 0.0, None);
         bad.json_schema = Some(serde_json::json!("not a schema"));
-        assert!(matches!(engine.chat_batch(&[bad]).remove(0), Err(LocalError::Constraint(_))));
+        assert!(matches!(
+            engine.chat_batch(&[bad]).remove(0),
+            Err(LocalError::Constraint(_))
+        ));
     }
 
     #[test]
     fn choice_scores_equal_log_probs_of_full_sequences() {
         let (_dir, mut engine) = engine("qwen2");
-        let messages = [ChatMessage::system("label it"), ChatMessage::user("hello world")];
-        let choices: Vec<String> = ["hello", "world", "he", "xyz hello"].map(String::from).to_vec();
+        let messages = [
+            ChatMessage::system("label it"),
+            ChatMessage::user("hello world"),
+        ];
+        let choices: Vec<String> = ["hello", "world", "he", "xyz hello"]
+            .map(String::from)
+            .to_vec();
         // Run the cache-reusing scorer twice: the second call reuses the whole prompt.
         let scores = engine.score_choices(&messages, &choices).unwrap();
         let again = engine.score_choices(&messages, &choices).unwrap();
@@ -461,12 +523,26 @@ mod tests {
             let mut full = prompt.clone();
             full.extend(&ids);
             let mut cache = KvCache::new(&engine.model.config, 1);
-            let hidden = engine.model.forward(&[full.clone()], &mut cache).unwrap().squeeze(0).unwrap();
-            let log_probs = engine.model.log_probs(&hidden).unwrap().to_vec2::<f32>().unwrap();
+            let hidden = engine
+                .model
+                .forward(&[full.clone()], &mut cache)
+                .unwrap()
+                .squeeze(0)
+                .unwrap();
+            let log_probs = engine
+                .model
+                .log_probs(&hidden)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
             let expected: f64 = (0..ids.len())
                 .map(|j| f64::from(log_probs[prompt.len() - 1 + j][ids[j] as usize]))
                 .sum();
-            assert!((scores.logprobs[i] - expected).abs() < 1e-3, "{choice}: {} vs {expected}", scores.logprobs[i]);
+            assert!(
+                (scores.logprobs[i] - expected).abs() < 1e-3,
+                "{choice}: {} vs {expected}",
+                scores.logprobs[i]
+            );
             assert!((again.logprobs[i] - expected).abs() < 1e-3);
         }
         assert!(scores.usage.prompt_tokens > prompt.len() as u64);
@@ -478,7 +554,11 @@ mod tests {
         let mut req = request(4, 0.0, None);
         req.messages = vec![ChatMessage::user("hello ".repeat(400))];
         let result = engine.chat_batch(&[req, request(3, 0.0, None)]);
-        assert!(matches!(result[0], Err(LocalError::ContextOverflow { .. })), "{:?}", result[0]);
+        assert!(
+            matches!(result[0], Err(LocalError::ContextOverflow { .. })),
+            "{:?}",
+            result[0]
+        );
         assert!(result[1].is_ok());
     }
 }

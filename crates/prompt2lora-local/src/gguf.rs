@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::QTensor;
 use candle_core::Device;
+use candle_core::quantized::QTensor;
+use candle_core::quantized::gguf_file::{Content, Value};
 
 use crate::LocalError;
 
@@ -26,7 +26,11 @@ impl GgufFile {
             path: path.to_path_buf(),
             message: format!("not a readable GGUF file: {e}"),
         })?;
-        Ok(GgufFile { path: path.to_path_buf(), content, reader })
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            content,
+            reader,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -39,7 +43,10 @@ impl GgufFile {
 
     /// An error about this file.
     pub fn error(&self, message: impl Into<String>) -> LocalError {
-        LocalError::Gguf { path: self.path.clone(), message: message.into() }
+        LocalError::Gguf {
+            path: self.path.clone(),
+            message: message.into(),
+        }
     }
 
     fn get(&self, key: &str) -> Result<&Value, LocalError> {
@@ -72,7 +79,11 @@ impl GgufFile {
     }
 
     pub fn opt_u32(&self, key: &str) -> Result<Option<u32>, LocalError> {
-        if self.content.metadata.contains_key(key) { self.u32(key).map(Some) } else { Ok(None) }
+        if self.content.metadata.contains_key(key) {
+            self.u32(key).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     pub fn f32(&self, key: &str) -> Result<f32, LocalError> {
@@ -84,7 +95,11 @@ impl GgufFile {
     }
 
     pub fn opt_f32(&self, key: &str) -> Result<Option<f32>, LocalError> {
-        if self.content.metadata.contains_key(key) { self.f32(key).map(Some) } else { Ok(None) }
+        if self.content.metadata.contains_key(key) {
+            self.f32(key).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>, LocalError> {
@@ -100,7 +115,11 @@ impl GgufFile {
     }
 
     pub fn opt_string(&self, key: &str) -> Result<Option<&str>, LocalError> {
-        if self.content.metadata.contains_key(key) { self.string(key).map(Some) } else { Ok(None) }
+        if self.content.metadata.contains_key(key) {
+            self.string(key).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     pub fn strings(&self, key: &str) -> Result<Vec<&str>, LocalError> {
@@ -113,7 +132,10 @@ impl GgufFile {
 
     pub fn i32s(&self, key: &str) -> Result<Vec<i32>, LocalError> {
         let values = self.convert(key, self.get(key)?.to_vec())?;
-        values.iter().map(|v| self.convert(key, v.to_i32())).collect()
+        values
+            .iter()
+            .map(|v| self.convert(key, v.to_i32()))
+            .collect()
     }
 
     pub fn has_tensor(&self, name: &str) -> bool {

@@ -90,7 +90,11 @@ pub struct LocalOptions {
 
 impl Default for LocalOptions {
     fn default() -> Self {
-        LocalOptions { threads: threads::DEFAULT_THREADS, seed: 0, model_id: String::new() }
+        LocalOptions {
+            threads: threads::DEFAULT_THREADS,
+            seed: 0,
+            model_id: String::new(),
+        }
     }
 }
 
@@ -100,8 +104,15 @@ const GATHER_WINDOW: Duration = Duration::from_millis(5);
 pub const DEFAULT_MAX_BATCH: usize = 4;
 
 enum Job {
-    Chat(ChatRequest, oneshot::Sender<Result<ChatResponse, LocalError>>),
-    Score(Vec<ChatMessage>, Vec<String>, oneshot::Sender<Result<ChoiceScores, LocalError>>),
+    Chat(
+        ChatRequest,
+        oneshot::Sender<Result<ChatResponse, LocalError>>,
+    ),
+    Score(
+        Vec<ChatMessage>,
+        Vec<String>,
+        oneshot::Sender<Result<ChoiceScores, LocalError>>,
+    ),
 }
 
 /// A GGUF model run in this process. Requests go to one worker thread that owns the model;
@@ -127,7 +138,8 @@ impl LocalTeacher {
         threads::configure(options.threads);
         let engine = Engine::load(gguf, options.seed)?;
         let model_id = if options.model_id.is_empty() {
-            gguf.file_stem().map_or_else(|| "local".into(), |s| s.to_string_lossy().into_owned())
+            gguf.file_stem()
+                .map_or_else(|| "local".into(), |s| s.to_string_lossy().into_owned())
         } else {
             options.model_id
         };
@@ -137,7 +149,11 @@ impl LocalTeacher {
             .name("local-teacher".into())
             .spawn(move || serve(engine, queue, max_batch))
             .map_err(|e| LocalError::Internal(format!("cannot start the worker thread: {e}")))?;
-        Ok(LocalTeacher { model_id, max_batch, jobs })
+        Ok(LocalTeacher {
+            model_id,
+            max_batch,
+            jobs,
+        })
     }
 
     /// Most chats decoded together.

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::QMatMul;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, DType, Device, Module, Tensor};
 
 use crate::LocalError;
@@ -55,11 +55,15 @@ impl Config {
         let key = |name: &str| format!("{architecture}.{name}");
         let n_embd = gguf.u32(&key("embedding_length"))? as usize;
         let n_head = gguf.u32(&key("attention.head_count"))? as usize;
-        let n_kv_head = gguf.opt_u32(&key("attention.head_count_kv"))?.unwrap_or(n_head as u32);
+        let n_kv_head = gguf
+            .opt_u32(&key("attention.head_count_kv"))?
+            .unwrap_or(n_head as u32);
         let head_dim = gguf
             .opt_u32(&key("attention.key_length"))?
             .map_or(n_embd / n_head.max(1), |v| v as usize);
-        let rope_dim = gguf.opt_u32(&key("rope.dimension_count"))?.map_or(head_dim, |v| v as usize);
+        let rope_dim = gguf
+            .opt_u32(&key("rope.dimension_count"))?
+            .map_or(head_dim, |v| v as usize);
         let config = Config {
             n_layer: gguf.u32(&key("block_count"))? as usize,
             n_embd,
@@ -72,13 +76,13 @@ impl Config {
             context_length: gguf.opt_u32(&key("context_length"))?.unwrap_or(4096) as usize,
             architecture,
         };
-        if n_head == 0 || config.n_kv_head == 0 || n_head % config.n_kv_head != 0 {
+        if n_head == 0 || config.n_kv_head == 0 || !n_head.is_multiple_of(config.n_kv_head) {
             return Err(gguf.error(format!(
                 "{n_head} attention heads cannot share {} key/value heads",
                 config.n_kv_head
             )));
         }
-        if rope_dim != head_dim || head_dim % 2 != 0 {
+        if rope_dim != head_dim || !head_dim.is_multiple_of(2) {
             return Err(gguf.error(format!(
                 "rotary embeddings over {rope_dim} of {head_dim} head dimensions are not supported"
             )));
@@ -100,7 +104,11 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for `batch` sequences with no padding.
     pub fn new(config: &Config, batch: usize) -> Self {
-        KvCache { layers: vec![None; config.n_layer], pads: vec![0; batch], len: 0 }
+        KvCache {
+            layers: vec![None; config.n_layer],
+            pads: vec![0; batch],
+            len: 0,
+        }
     }
 
     /// Columns filled so far (padding included).
@@ -142,7 +150,11 @@ impl KvCache {
             });
         }
         let pads = rows.iter().map(|&r| self.pads[r]).collect();
-        Ok(KvCache { layers, pads, len: self.len })
+        Ok(KvCache {
+            layers,
+            pads,
+            len: self.len,
+        })
     }
 
     /// Stacks single-sequence caches into one batch, left-padding the shorter ones.
@@ -193,9 +205,24 @@ struct Linear {
     bias: Option<Tensor>,
 }
 
+/// A quantized weight for matrix products. candle 0.11 has no SIMD kernels for Q4_1, Q5_0
+/// and Q5_1 (its scalar fallback was 15x slower than f32 on SmolLM2's Q4_1 weights), so those
+/// are widened to f32 once, at load: exact, at 4 bytes per weight.
+fn matmul_weight(weight: QTensor, device: &Device) -> Result<QMatMul, LocalError> {
+    if is_slow_kernel(weight.dtype()) {
+        Ok(QMatMul::Tensor(weight.dequantize(device)?))
+    } else {
+        Ok(QMatMul::from_qtensor(weight)?)
+    }
+}
+
+fn is_slow_kernel(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1)
+}
+
 impl Linear {
     fn load(gguf: &mut GgufFile, name: &str, device: &Device) -> Result<Self, LocalError> {
-        let weight = QMatMul::from_qtensor(gguf.tensor(&format!("{name}.weight"), device)?)?;
+        let weight = matmul_weight(gguf.tensor(&format!("{name}.weight"), device)?, device)?;
         let bias_name = format!("{name}.bias");
         let bias = if gguf.has_tensor(&bias_name) {
             Some(gguf.tensor(&bias_name, device)?.dequantize(device)?)
@@ -268,13 +295,16 @@ impl Transformer {
         let embd = Arc::new(gguf.tensor("token_embd.weight", device)?);
         let (_, hidden) = embd.shape().dims2()?;
         // The quantized row lookup needs whole quantization blocks per row.
-        let token_embd = if hidden % embd.dtype().block_size() == 0 {
-            QMatMul::QTensor(embd.clone())
-        } else {
+        let widen = is_slow_kernel(embd.dtype());
+        let token_embd = if widen || !hidden.is_multiple_of(embd.dtype().block_size()) {
             QMatMul::Tensor(embd.dequantize(device)?)
+        } else {
+            QMatMul::QTensor(embd.clone())
         };
         let output = if gguf.has_tensor("output.weight") {
-            QMatMul::from_qtensor(gguf.tensor("output.weight", device)?)?
+            matmul_weight(gguf.tensor("output.weight", device)?, device)?
+        } else if widen {
+            token_embd.clone()
         } else {
             QMatMul::from_arc(embd)?
         };
@@ -282,7 +312,9 @@ impl Transformer {
         for i in 0..config.n_layer {
             let p = format!("blk.{i}");
             let norm = |gguf: &mut GgufFile, n: &str| -> Result<Tensor, LocalError> {
-                Ok(gguf.tensor(&format!("{p}.{n}.weight"), device)?.dequantize(device)?)
+                Ok(gguf
+                    .tensor(&format!("{p}.{n}.weight"), device)?
+                    .dequantize(device)?)
             };
             blocks.push(Block {
                 attn_norm: norm(gguf, "attn_norm")?,
@@ -300,7 +332,9 @@ impl Transformer {
                 },
             });
         }
-        let output_norm = gguf.tensor("output_norm.weight", device)?.dequantize(device)?;
+        let output_norm = gguf
+            .tensor("output_norm.weight", device)?
+            .dequantize(device)?;
         let (cos, sin) = rotary_tables(&config, device)?;
         Ok(Transformer {
             config,
@@ -355,7 +389,11 @@ impl Transformer {
             xs = (block.ffn.forward(&normed)? + xs_mid)?;
         }
         cache.len += seq_len;
-        Ok(candle_nn::ops::rms_norm(&xs, &self.output_norm, self.config.rms_norm_eps)?)
+        Ok(candle_nn::ops::rms_norm(
+            &xs,
+            &self.output_norm,
+            self.config.rms_norm_eps,
+        )?)
     }
 
     /// Log-probabilities over the vocabulary for hidden states `(n, n_embd)`: `(n, vocab)`.
@@ -384,11 +422,18 @@ impl Transformer {
             let positions = Tensor::new(positions, &self.device)?;
             let half = self.config.head_dim / 2;
             (
-                self.cos.index_select(&positions, 0)?.reshape((batch, seq_len, half))?,
-                self.sin.index_select(&positions, 0)?.reshape((batch, seq_len, half))?,
+                self.cos
+                    .index_select(&positions, 0)?
+                    .reshape((batch, seq_len, half))?,
+                self.sin
+                    .index_select(&positions, 0)?
+                    .reshape((batch, seq_len, half))?,
             )
         } else {
-            (self.cos.narrow(0, start, seq_len)?, self.sin.narrow(0, start, seq_len)?)
+            (
+                self.cos.narrow(0, start, seq_len)?,
+                self.sin.narrow(0, start, seq_len)?,
+            )
         };
         let mask = if padded || seq_len > 1 {
             let mut values = Vec::with_capacity(batch * seq_len * kv_len);
@@ -401,7 +446,11 @@ impl Transformer {
                     }));
                 }
             }
-            Some(Tensor::from_vec(values, (batch, 1, 1, seq_len, kv_len), &self.device)?)
+            Some(Tensor::from_vec(
+                values,
+                (batch, 1, 1, seq_len, kv_len),
+                &self.device,
+            )?)
         } else {
             None
         };
@@ -418,13 +467,18 @@ impl Transformer {
         let cfg = &self.config;
         let (batch, seq_len, _) = xs.dims3()?;
         let heads = |t: Tensor, n: usize| -> candle_core::Result<Tensor> {
-            t.reshape((batch, seq_len, n, cfg.head_dim))?.transpose(1, 2)?.contiguous()
+            t.reshape((batch, seq_len, n, cfg.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let q = self.rope(&heads(attn.attn_q.forward(xs)?, cfg.n_head)?, step)?;
         let k = self.rope(&heads(attn.attn_k.forward(xs)?, cfg.n_kv_head)?, step)?;
         let v = heads(attn.attn_v.forward(xs)?, cfg.n_kv_head)?;
         let (k, v) = match layer_cache.take() {
-            Some((k_past, v_past)) => (Tensor::cat(&[&k_past, &k], 2)?, Tensor::cat(&[&v_past, &v], 2)?),
+            Some((k_past, v_past)) => (
+                Tensor::cat(&[&k_past, &k], 2)?,
+                Tensor::cat(&[&v_past, &v], 2)?,
+            ),
             None => (k, v),
         };
         *layer_cache = Some((k.clone(), v.clone()));
@@ -462,7 +516,11 @@ impl Transformer {
 fn rotary_tables(config: &Config, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
     let half = config.head_dim / 2;
     let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0 / config.rope_base.powf(2.0 * i as f32 / config.head_dim as f32))
+        .map(|i| {
+            1.0 / config
+                .rope_base
+                .powf(2.0 * i as f32 / config.head_dim as f32)
+        })
         .collect();
     let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
     let positions = Tensor::arange(0u32, config.context_length as u32, device)?
@@ -493,7 +551,10 @@ mod tests {
         let path = dir.path().join("tiny.gguf");
         let mut file = std::fs::File::open(path).unwrap();
         let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
-        let input = Tensor::new(tokens, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let input = Tensor::new(tokens, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let logits = if architecture == "llama" {
             let mut model =
                 quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
@@ -509,12 +570,22 @@ mod tests {
     fn last_logits(model: &Transformer, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
         let hidden = model.forward(&[tokens.to_vec()], cache).unwrap();
         let last = hidden.i((.., tokens.len() - 1, ..)).unwrap();
-        model.logits(&last).unwrap().squeeze(0).unwrap().to_vec1().unwrap()
+        model
+            .logits(&last)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
 
     fn assert_close(a: &[f32], b: &[f32], tolerance: f32) {
         assert_eq!(a.len(), b.len());
-        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
         assert!(worst < tolerance, "largest difference {worst}");
     }
 
@@ -548,23 +619,43 @@ mod tests {
         last_logits(&model, &[1, 40, 77, 90, 12], &mut cache);
         cache.truncate(3).unwrap();
         let reused = last_logits(&model, &[50, 60], &mut cache);
-        let fresh = last_logits(&model, &[1, 40, 77, 50, 60], &mut KvCache::new(&model.config, 1));
+        let fresh = last_logits(
+            &model,
+            &[1, 40, 77, 50, 60],
+            &mut KvCache::new(&model.config, 1),
+        );
         assert_close(&reused, &fresh, 1e-4);
 
         let mut prefix = KvCache::new(&model.config, 1);
         last_logits(&model, &[1, 40, 77], &mut prefix);
         let mut forked = prefix.select(&[0, 0]).unwrap();
-        let hidden = model.forward(&[vec![50, 60], vec![70, 80]], &mut forked).unwrap();
-        let second = model.logits(&hidden.i((1, 1, ..)).unwrap().unsqueeze(0).unwrap()).unwrap();
-        let alone = last_logits(&model, &[1, 40, 77, 70, 80], &mut KvCache::new(&model.config, 1));
-        assert_close(&second.squeeze(0).unwrap().to_vec1::<f32>().unwrap(), &alone, 1e-4);
+        let hidden = model
+            .forward(&[vec![50, 60], vec![70, 80]], &mut forked)
+            .unwrap();
+        let second = model
+            .logits(&hidden.i((1, 1, ..)).unwrap().unsqueeze(0).unwrap())
+            .unwrap();
+        let alone = last_logits(
+            &model,
+            &[1, 40, 77, 70, 80],
+            &mut KvCache::new(&model.config, 1),
+        );
+        assert_close(
+            &second.squeeze(0).unwrap().to_vec1::<f32>().unwrap(),
+            &alone,
+            1e-4,
+        );
     }
 
     #[test]
     fn left_padded_batches_match_single_sequences() {
         for architecture in ["llama", "qwen2"] {
             let (_dir, model) = load(architecture);
-            let prompts = [vec![1u32, 40, 77, 90, 12, 260], vec![1u32, 33], vec![7u32, 8, 9, 10]];
+            let prompts = [
+                vec![1u32, 40, 77, 90, 12, 260],
+                vec![1u32, 33],
+                vec![7u32, 8, 9, 10],
+            ];
             let mut caches = Vec::new();
             let mut alone = Vec::new();
             for prompt in &prompts {
@@ -590,7 +681,11 @@ mod tests {
             let mut third = caches[2].clone();
             last_logits(&model, &[5], &mut third);
             let expected = last_logits(&model, &[6], &mut third);
-            assert_close(&logits.i(0).unwrap().to_vec1::<f32>().unwrap(), &expected, 1e-4);
+            assert_close(
+                &logits.i(0).unwrap().to_vec1::<f32>().unwrap(),
+                &expected,
+                1e-4,
+            );
         }
     }
 
@@ -598,7 +693,19 @@ mod tests {
     fn context_overflow_is_an_error() {
         let (_dir, model) = load("llama");
         let tokens = vec![5u32; 300];
-        let err = model.forward(&[tokens], &mut KvCache::new(&model.config, 1)).err().unwrap();
-        assert!(matches!(err, LocalError::ContextOverflow { tokens: 300, limit: 256 }), "{err}");
+        let err = model
+            .forward(&[tokens], &mut KvCache::new(&model.config, 1))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                err,
+                LocalError::ContextOverflow {
+                    tokens: 300,
+                    limit: 256
+                }
+            ),
+            "{err}"
+        );
     }
 }

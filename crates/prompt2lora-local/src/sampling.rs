@@ -25,7 +25,9 @@ pub fn sample(
         .filter(|&(id, logit)| logit.is_finite() && allowed(id))
         .map(|(id, &logit)| (id as u32, logit));
     if params.temperature <= 0.0 {
-        return candidates.max_by(|a, b| a.1.total_cmp(&b.1)).map(|(id, _)| id);
+        return candidates
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(id, _)| id);
     }
     let mut candidates: Vec<(u32, f32)> = candidates.collect();
     if candidates.is_empty() {
@@ -81,9 +83,18 @@ mod tests {
     fn greedy_takes_the_largest_allowed_logit() {
         let mut rng = StdRng::seed_from_u64(0);
         let logits = [0.1, 3.0, 2.0, f32::NEG_INFINITY];
-        assert_eq!(sample(&logits, |_| true, params(0.0, 1.0), &mut rng), Some(1));
-        assert_eq!(sample(&logits, |id| id != 1, params(0.0, 1.0), &mut rng), Some(2));
-        assert_eq!(sample(&logits, |id| id == 3, params(0.0, 1.0), &mut rng), None);
+        assert_eq!(
+            sample(&logits, |_| true, params(0.0, 1.0), &mut rng),
+            Some(1)
+        );
+        assert_eq!(
+            sample(&logits, |id| id != 1, params(0.0, 1.0), &mut rng),
+            Some(2)
+        );
+        assert_eq!(
+            sample(&logits, |id| id == 3, params(0.0, 1.0), &mut rng),
+            None
+        );
     }
 
     #[test]
@@ -95,7 +106,11 @@ mod tests {
         for _ in 0..4000 {
             counts[sample(&logits, |_| true, params(1.0, 0.8), &mut rng).unwrap() as usize] += 1;
         }
-        assert_eq!(counts[2] + counts[3], 0, "tokens outside the 0.8 nucleus: {counts:?}");
+        assert_eq!(
+            counts[2] + counts[3],
+            0,
+            "tokens outside the 0.8 nucleus: {counts:?}"
+        );
         let share = counts[0] as f64 / 4000.0;
         assert!((share - 0.64 / 0.88).abs() < 0.03, "head share {share}");
 
@@ -103,6 +118,9 @@ mod tests {
         for _ in 0..4000 {
             counts[sample(&logits, |_| true, params(100.0, 1.0), &mut rng).unwrap() as usize] += 1;
         }
-        assert!(counts.iter().all(|&c| c > 800), "a hot sampler is near uniform: {counts:?}");
+        assert!(
+            counts.iter().all(|&c| c > 800),
+            "a hot sampler is near uniform: {counts:?}"
+        );
     }
 }

@@ -28,9 +28,15 @@ impl ChatTemplate {
         let mut env = Environment::new();
         // Templates written for Python's Jinja call string methods (`.strip()`, `.split()`).
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |message: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
-        });
+        env.add_function(
+            "raise_exception",
+            |message: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    message,
+                ))
+            },
+        );
         env.add_template_owned("chat", source.unwrap_or(CHATML).to_string())
             .map_err(|e| LocalError::Template(format!("cannot compile the chat template: {e}")))?;
         Ok(ChatTemplate {
@@ -103,26 +109,41 @@ mod tests {
     #[test]
     fn smollm2_template_adds_its_default_system_prompt() {
         let template = ChatTemplate::new(Some(SMOLLM2), None, "<|im_end|>").unwrap();
-        let rendered = template.render(&[ChatMessage::user("What is 2+2?")], true).unwrap();
+        let rendered = template
+            .render(&[ChatMessage::user("What is 2+2?")], true)
+            .unwrap();
         assert_eq!(
             rendered,
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging \
              Face<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
         );
         let own_system = [ChatMessage::system("S"), ChatMessage::user("U")];
-        assert!(template.render(&own_system, false).unwrap().starts_with("<|im_start|>system\nS<"));
+        assert!(
+            template
+                .render(&own_system, false)
+                .unwrap()
+                .starts_with("<|im_start|>system\nS<")
+        );
     }
 
     #[test]
     fn template_errors_and_python_methods() {
         let raising = "{{ raise_exception('only user turns') }}";
         let template = ChatTemplate::new(Some(raising), None, "</s>").unwrap();
-        let err = template.render(&[ChatMessage::user("x")], true).unwrap_err();
+        let err = template
+            .render(&[ChatMessage::user("x")], true)
+            .unwrap_err();
         assert!(err.to_string().contains("only user turns"), "{err}");
 
-        let pythonic = "{{ bos_token }}{% for m in messages %}[{{ m.content.strip() }}]{% endfor %}";
+        let pythonic =
+            "{{ bos_token }}{% for m in messages %}[{{ m.content.strip() }}]{% endfor %}";
         let template = ChatTemplate::new(Some(pythonic), Some("<s>"), "</s>").unwrap();
-        assert_eq!(template.render(&[ChatMessage::user("  hi  ")], true).unwrap(), "<s>[hi]");
+        assert_eq!(
+            template
+                .render(&[ChatMessage::user("  hi  ")], true)
+                .unwrap(),
+            "<s>[hi]"
+        );
 
         assert!(ChatTemplate::new(Some("{% for %}"), None, "</s>").is_err());
     }

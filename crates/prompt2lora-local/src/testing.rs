@@ -27,12 +27,16 @@ pub fn byte_chars() -> Vec<char> {
 /// The vocabulary of the tiny models: three control tokens, the 256 bytes, and merges that
 /// build `Ġhello`, `Ġworld`, `he` and `12`.
 pub fn tiny_vocab() -> (Vec<String>, Vec<i32>, Vec<String>) {
-    let mut tokens: Vec<String> =
-        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"].map(String::from).to_vec();
+    let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        .map(String::from)
+        .to_vec();
     let mut types = vec![3; 3];
     tokens.extend(byte_chars().into_iter().map(String::from));
     types.extend(std::iter::repeat_n(1, 256));
-    let merges = ["h e", "l l", "Ġ w", "o r", "he ll", "hell o", "Ġ hello", "Ġw or", "Ġwor l", "Ġworl d", "1 2"];
+    let merges = [
+        "h e", "l l", "Ġ w", "o r", "he ll", "hell o", "Ġ hello", "Ġw or", "Ġwor l", "Ġworl d",
+        "1 2",
+    ];
     for merge in merges {
         tokens.push(merge.replace(' ', ""));
         types.push(1);
@@ -50,7 +54,10 @@ pub fn write_tiny_model(path: &Path, architecture: &str, pre: &str) {
     let key = |name: &str| format!("{architecture}.{name}");
 
     let mut metadata: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::String(architecture.into())),
+        (
+            "general.architecture".into(),
+            Value::String(architecture.into()),
+        ),
         (key("block_count"), Value::U32(n_layer as u32)),
         (key("embedding_length"), Value::U32(n_embd as u32)),
         (key("feed_forward_length"), Value::U32(n_ff as u32)),
@@ -62,9 +69,18 @@ pub fn write_tiny_model(path: &Path, architecture: &str, pre: &str) {
         (key("context_length"), Value::U32(256)),
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Value::String(pre.into())),
-        ("tokenizer.ggml.tokens".into(), Value::Array(tokens.into_iter().map(Value::String).collect())),
-        ("tokenizer.ggml.token_type".into(), Value::Array(types.into_iter().map(Value::I32).collect())),
-        ("tokenizer.ggml.merges".into(), Value::Array(merges.into_iter().map(Value::String).collect())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(types.into_iter().map(Value::I32).collect()),
+        ),
+        (
+            "tokenizer.ggml.merges".into(),
+            Value::Array(merges.into_iter().map(Value::String).collect()),
+        ),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(0)),
     ];
@@ -87,22 +103,49 @@ pub fn write_tiny_model(path: &Path, architecture: &str, pre: &str) {
     let f32t = |t: Tensor| QTensor::quantize(&t, GgmlDType::F32).unwrap();
 
     let mut tensors: Vec<(String, QTensor)> = vec![
-        ("token_embd.weight".into(), q8(random(&[vocab, n_embd], 0.5))),
-        ("output_norm.weight".into(), f32t((random(&[n_embd], 0.2) + 1.0).unwrap())),
+        (
+            "token_embd.weight".into(),
+            q8(random(&[vocab, n_embd], 0.5)),
+        ),
+        (
+            "output_norm.weight".into(),
+            f32t((random(&[n_embd], 0.2) + 1.0).unwrap()),
+        ),
         ("output.weight".into(), q8(random(&[vocab, n_embd], 0.5))),
     ];
     for i in 0..n_layer {
         let p = format!("blk.{i}");
         let kv = n_kv_head * head_dim;
-        tensors.push((format!("{p}.attn_norm.weight"), f32t((random(&[n_embd], 0.2) + 1.0).unwrap())));
-        tensors.push((format!("{p}.ffn_norm.weight"), f32t((random(&[n_embd], 0.2) + 1.0).unwrap())));
-        tensors.push((format!("{p}.attn_q.weight"), q8(random(&[n_embd, n_embd], 0.3))));
+        tensors.push((
+            format!("{p}.attn_norm.weight"),
+            f32t((random(&[n_embd], 0.2) + 1.0).unwrap()),
+        ));
+        tensors.push((
+            format!("{p}.ffn_norm.weight"),
+            f32t((random(&[n_embd], 0.2) + 1.0).unwrap()),
+        ));
+        tensors.push((
+            format!("{p}.attn_q.weight"),
+            q8(random(&[n_embd, n_embd], 0.3)),
+        ));
         tensors.push((format!("{p}.attn_k.weight"), q8(random(&[kv, n_embd], 0.3))));
         tensors.push((format!("{p}.attn_v.weight"), q8(random(&[kv, n_embd], 0.3))));
-        tensors.push((format!("{p}.attn_output.weight"), q8(random(&[n_embd, n_embd], 0.3))));
-        tensors.push((format!("{p}.ffn_gate.weight"), q8(random(&[n_ff, n_embd], 0.3))));
-        tensors.push((format!("{p}.ffn_up.weight"), q8(random(&[n_ff, n_embd], 0.3))));
-        tensors.push((format!("{p}.ffn_down.weight"), q8(random(&[n_embd, n_ff], 0.3))));
+        tensors.push((
+            format!("{p}.attn_output.weight"),
+            q8(random(&[n_embd, n_embd], 0.3)),
+        ));
+        tensors.push((
+            format!("{p}.ffn_gate.weight"),
+            q8(random(&[n_ff, n_embd], 0.3)),
+        ));
+        tensors.push((
+            format!("{p}.ffn_up.weight"),
+            q8(random(&[n_ff, n_embd], 0.3)),
+        ));
+        tensors.push((
+            format!("{p}.ffn_down.weight"),
+            q8(random(&[n_embd, n_ff], 0.3)),
+        ));
         if architecture == "qwen2" {
             tensors.push((format!("{p}.attn_q.bias"), f32t(random(&[n_embd], 0.1))));
             tensors.push((format!("{p}.attn_k.bias"), f32t(random(&[kv], 0.1))));
@@ -110,7 +153,8 @@ pub fn write_tiny_model(path: &Path, architecture: &str, pre: &str) {
         }
     }
 
-    let metadata_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let metadata_refs: Vec<(&str, &Value)> =
+        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut file = std::fs::File::create(path).unwrap();
     candle_core::quantized::gguf_file::write(&mut file, &metadata_refs, &tensor_refs).unwrap();

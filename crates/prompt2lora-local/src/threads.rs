@@ -8,12 +8,17 @@ pub const DEFAULT_THREADS: usize = 0;
 
 static CONFIGURED: OnceLock<usize> = OnceLock::new();
 
-/// Sizes the pool for `threads` (0: one per core). Only the first call has an effect.
+/// Sizes the pool for `threads` (0: one per core) and makes idle workers sleep at once
+/// instead of spinning. Only the first call has an effect; the environment wins.
 pub fn configure(threads: usize) {
     let first = *CONFIGURED.get_or_init(|| {
-        if threads > 0 && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-            set_pool_size(threads);
-        }
+        let unset = |name: &str| std::env::var_os(name).is_none();
+        let size = (threads > 0 && unset("CANDLE_NUM_THREADS")).then_some(threads);
+        // Spinning workers fight the computing ones for cores on a shared machine: there,
+        // 2 threads decoded at 0.6x the speed of 1 with candle's default spin, and at 1x
+        // without it (bench/results/local-teacher.md).
+        let no_spin = unset("CANDLE_BARRIER_POOL_SPIN_LIMIT");
+        set_pool_environment(size, no_spin);
         threads
     });
     if first != threads {
@@ -25,14 +30,21 @@ pub fn configure(threads: usize) {
     }
 }
 
-#[expect(unsafe_code, reason = "candle sizes its thread pools from the environment only")]
-fn set_pool_size(threads: usize) {
-    let value = threads.to_string();
+#[expect(
+    unsafe_code,
+    reason = "candle sizes its thread pools from the environment only"
+)]
+fn set_pool_environment(threads: Option<usize>, no_spin: bool) {
     // SAFETY: runs once, before this crate starts any candle computation; the variables are
     // read by candle when its pools are first used. No other code of this crate touches the
     // environment concurrently.
     unsafe {
-        std::env::set_var("CANDLE_NUM_THREADS", &value);
-        std::env::set_var("RAYON_NUM_THREADS", &value);
+        if let Some(threads) = threads {
+            std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+            std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        }
+        if no_spin {
+            std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
+        }
     }
 }

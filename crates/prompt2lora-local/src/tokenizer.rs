@@ -55,9 +55,12 @@ impl Vocab {
         let tokens = gguf.strings("tokenizer.ggml.tokens")?;
         let eos_id = gguf.u32("tokenizer.ggml.eos_token_id")?;
         let token_text = |id: u32| tokens.get(id as usize).map(|t| t.to_string());
-        let eos_token = token_text(eos_id)
-            .ok_or_else(|| gguf.error(format!("eos token id {eos_id} is outside the vocabulary")))?;
-        let bos_token = gguf.opt_u32("tokenizer.ggml.bos_token_id")?.and_then(token_text);
+        let eos_token = token_text(eos_id).ok_or_else(|| {
+            gguf.error(format!("eos token id {eos_id} is outside the vocabulary"))
+        })?;
+        let bos_token = gguf
+            .opt_u32("tokenizer.ggml.bos_token_id")?
+            .and_then(token_text);
 
         // The chat templates end a turn with a marker that is not always the declared eos.
         let mut stop_ids = vec![eos_id];
@@ -72,7 +75,14 @@ impl Vocab {
         stop_ids.sort_unstable();
         stop_ids.dedup();
         let size = tokens.len().max(tokenizer.get_vocab_size(true));
-        Ok(Vocab { tokenizer, stop_ids, eos_id, bos_token, eos_token, size })
+        Ok(Vocab {
+            tokenizer,
+            stop_ids,
+            eos_id,
+            bos_token,
+            eos_token,
+            size,
+        })
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, LocalError> {
@@ -84,7 +94,9 @@ impl Vocab {
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String, LocalError> {
-        self.tokenizer.decode(ids, true).map_err(|e| LocalError::Encode(e.to_string()))
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| LocalError::Encode(e.to_string()))
     }
 
     pub fn is_stop(&self, id: u32) -> bool {
@@ -106,7 +118,10 @@ pub fn tokenizer_from_gguf(gguf: &GgufFile) -> Result<Tokenizer, LocalError> {
              `gpt2`, can); put its tokenizer.json beside the GGUF file"
         )));
     }
-    let pre = gguf.opt_string("tokenizer.ggml.pre")?.unwrap_or("default").to_string();
+    let pre = gguf
+        .opt_string("tokenizer.ggml.pre")?
+        .unwrap_or("default")
+        .to_string();
     let tokens = gguf.strings("tokenizer.ggml.tokens")?;
     let types = if gguf.metadata().contains_key("tokenizer.ggml.token_type") {
         gguf.i32s("tokenizer.ggml.token_type")?
@@ -115,14 +130,19 @@ pub fn tokenizer_from_gguf(gguf: &GgufFile) -> Result<Tokenizer, LocalError> {
     };
     let merges = gguf.strings("tokenizer.ggml.merges")?;
 
-    let vocab: tokenizers::models::bpe::Vocab =
-        tokens.iter().enumerate().map(|(id, t)| (t.to_string(), id as u32)).collect();
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(id, t)| (t.to_string(), id as u32))
+        .collect();
     let merges = merges
         .iter()
         .enumerate()
         .map(|(rank, merge)| {
             let (left, right) = merge.split_once(' ').ok_or_else(|| {
-                gguf.error(format!("merge {rank} (`{merge}`) is not two tokens split by a space"))
+                gguf.error(format!(
+                    "merge {rank} (`{merge}`) is not two tokens split by a space"
+                ))
             })?;
             Ok((left.to_string(), right.to_string()))
         })
@@ -154,8 +174,12 @@ pub fn tokenizer_from_gguf(gguf: &GgufFile) -> Result<Tokenizer, LocalError> {
             .collect()
     };
     let add_error = |e: tokenizers::Error| gguf.error(format!("cannot add special tokens: {e}"));
-    tokenizer.add_special_tokens(added(TOKEN_TYPE_CONTROL)).map_err(add_error)?;
-    tokenizer.add_tokens(added(TOKEN_TYPE_USER_DEFINED)).map_err(add_error)?;
+    tokenizer
+        .add_special_tokens(added(TOKEN_TYPE_CONTROL))
+        .map_err(add_error)?;
+    tokenizer
+        .add_tokens(added(TOKEN_TYPE_USER_DEFINED))
+        .map_err(add_error)?;
     Ok(tokenizer)
 }
 
@@ -169,7 +193,11 @@ fn pre_tokenizer(pre: &str) -> Result<(PreTokenizerWrapper, bool), String> {
             false,
         )
         .map_err(|e| format!("bad pre-tokenizer pattern: {e}"))?;
-        Ok(Sequence::new(vec![split.into(), ByteLevel::new(false, false, false).into()]).into())
+        Ok(Sequence::new(vec![
+            split.into(),
+            ByteLevel::new(false, false, false).into(),
+        ])
+        .into())
     };
     match pre {
         "qwen2" | "deepseek-r1-qwen" => Ok((split(QWEN2_PATTERN)?, true)),
@@ -177,8 +205,11 @@ fn pre_tokenizer(pre: &str) -> Result<(PreTokenizerWrapper, bool), String> {
         // GPT-2's own rules, applied by the byte-level pre-tokenizer; SmolLM and StarCoder
         // first split every digit apart.
         "smollm" | "starcoder" | "refact" => Ok((
-            Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, false, true).into()])
-                .into(),
+            Sequence::new(vec![
+                Digits::new(true).into(),
+                ByteLevel::new(false, false, true).into(),
+            ])
+            .into(),
             false,
         )),
         "gpt-2" | "gpt2" | "default" => Ok((ByteLevel::new(false, false, true).into(), false)),
@@ -215,7 +246,10 @@ mod tests {
         // Ġworl=267 Ġworld=268.
         assert_eq!(vocab.encode("hello world").unwrap(), [264, 268]);
         assert_eq!(vocab.encode(" hello").unwrap(), [265]);
-        assert_eq!(vocab.encode("<|im_start|>hello<|im_end|>").unwrap(), [1, 264, 2]);
+        assert_eq!(
+            vocab.encode("<|im_start|>hello<|im_end|>").unwrap(),
+            [1, 264, 2]
+        );
         assert_eq!(vocab.encode("hex").unwrap(), [259, byte(b'x')]);
         assert_eq!(vocab.stop_ids, [0, 2]);
         assert_eq!(vocab.eos_token, "<|im_end|>");
@@ -239,9 +273,15 @@ mod tests {
     fn pre_tokenizer_follows_the_metadata_name() {
         // The regexes differ on where words end: qwen2 and smollm keep " world" whole.
         let (_dir, qwen) = vocab("qwen2");
-        assert_eq!(qwen.unwrap().encode("hello  world").unwrap(), [264, byte(b' '), 268]);
+        assert_eq!(
+            qwen.unwrap().encode("hello  world").unwrap(),
+            [264, byte(b' '), 268]
+        );
         let (_dir, smollm) = vocab("smollm");
-        assert_eq!(smollm.unwrap().encode("hello  world").unwrap(), [264, byte(b' '), 268]);
+        assert_eq!(
+            smollm.unwrap().encode("hello  world").unwrap(),
+            [264, byte(b' '), 268]
+        );
         // Digits: one per piece for qwen2 and smollm, runs for GPT-2, runs of three for
         // Llama 3. The tiny vocabulary merges "1 2" into id 269.
         let (_dir, gpt2) = vocab("gpt2");
@@ -250,7 +290,11 @@ mod tests {
         assert_eq!(llama3.unwrap().encode("12").unwrap(), [269]);
         for pre in ["qwen2", "smollm"] {
             let (_dir, split) = vocab(pre);
-            assert_eq!(split.unwrap().encode("12").unwrap(), [byte(b'1'), byte(b'2')], "{pre}");
+            assert_eq!(
+                split.unwrap().encode("12").unwrap(),
+                [byte(b'1'), byte(b'2')],
+                "{pre}"
+            );
         }
     }
 
@@ -258,6 +302,9 @@ mod tests {
     fn unknown_pre_tokenizer_names_the_way_out() {
         let (_dir, vocab) = vocab("mystery");
         let err = vocab.err().unwrap().to_string();
-        assert!(err.contains("tiny.gguf") && err.contains("tokenizer.json"), "{err}");
+        assert!(
+            err.contains("tiny.gguf") && err.contains("tokenizer.json"),
+            "{err}"
+        );
     }
 }

@@ -162,7 +162,7 @@ fn load_embedder(name: &str) -> anyhow::Result<Box<dyn Embedder>> {
 }
 
 /// A progress bar that appears on the first report of work (embedding is the slow part).
-fn progress_reporter(global: &GlobalArgs) -> Box<dyn Fn(&str, usize, usize) + Send + Sync> {
+fn progress_reporter(global: &GlobalArgs) -> prompt2lora_filter::Progress {
     let global = global.clone();
     let bar: OnceLock<indicatif::ProgressBar> = OnceLock::new();
     Box::new(move |what, done, total| {

@@ -27,7 +27,10 @@ pub struct UserError {
 
 impl UserError {
     pub fn new(message: impl Into<String>) -> Self {
-        UserError { message: message.into(), hint: None }
+        UserError {
+            message: message.into(),
+            hint: None,
+        }
     }
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
@@ -46,13 +49,11 @@ pub fn report_error(error: &anyhow::Error) -> ExitCode {
     if let Some(hint) = user.and_then(|u| u.hint.as_ref()) {
         eprintln!("hint: {hint}");
     }
-    ExitCode::from(if user.is_some() || task { EXIT_BAD_INPUT } else { EXIT_INTERNAL })
-}
-
-/// The answer of a subcommand whose stage is not available in this build.
-pub fn not_available(stage: &str) -> anyhow::Result<ExitCode> {
-    eprintln!("prompt2lora {stage}: this stage is not available yet");
-    Ok(ExitCode::from(EXIT_INTERNAL))
+    ExitCode::from(if user.is_some() || task {
+        EXIT_BAD_INPUT
+    } else {
+        EXIT_INTERNAL
+    })
 }
 
 /// Loads a task file; its errors carry the file, line and key.

@@ -73,9 +73,14 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         task.train.rank = rank.clone();
     }
     if !(0.0..0.9).contains(&args.holdout) {
-        return Err(UserError::new(format!("--holdout {} must be in [0, 0.9)", args.holdout)).into());
+        return Err(
+            UserError::new(format!("--holdout {} must be in [0, 0.9)", args.holdout)).into(),
+        );
     }
-    let dir = args.out.clone().unwrap_or_else(|| Path::new("runs").join(&task.name));
+    let dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new("runs").join(&task.name));
     fs_err::create_dir_all(&dir)?;
     let dir = dir.canonicalize()?;
     fs_err::copy(&args.task, dir.join(files::TASK))?;
@@ -89,7 +94,10 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let mut generate = vec![path(&task_file), "--out".into(), path(&samples)];
     push_opt(&mut generate, "--samples", args.samples);
     push_opt(&mut generate, "--budget", args.budget);
-    let inputs = InputHash::new("generate").file(&task_file)?.value(&generate)?.finish();
+    let inputs = InputHash::new("generate")
+        .file(&task_file)?
+        .value(&generate)?
+        .finish();
     stage(&mut stages, "generate", inputs, true, || {
         call::<super::generate::Args>("generate", &generate, global, super::generate::run)
     })?;
@@ -107,7 +115,10 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         "--report".into(),
         path(&dir.join(files::FILTER_REPORT)),
     ];
-    let inputs = InputHash::new("filter").file(&samples)?.value(&task.filter)?.finish();
+    let inputs = InputHash::new("filter")
+        .file(&samples)?
+        .value(&task.filter)?
+        .finish();
     stage(&mut stages, "filter", inputs, false, || {
         call::<super::filter::Args>("filter", &filter, global, super::filter::run)
     })?;
@@ -117,7 +128,8 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let test_set = match &args.eval {
         Some(eval) => {
             fs_err::copy(&clean, &train_set)?;
-            eval.canonicalize().with_context(|| format!("cannot read {}", eval.display()))?
+            eval.canonicalize()
+                .with_context(|| format!("cannot read {}", eval.display()))?
         }
         None => {
             let test = dir.join(files::SYNTHETIC_TEST);
@@ -135,7 +147,10 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         "--out".into(),
         path(&adapter),
     ];
-    let inputs = InputHash::new("train").file(&train_set)?.value(&task.train)?.finish();
+    let inputs = InputHash::new("train")
+        .file(&train_set)?
+        .value(&task.train)?
+        .finish();
     stage(&mut stages, "train", inputs, false, || {
         call::<super::train::Args>("train", &train, global, super::train::run)
     })?;
@@ -165,14 +180,19 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     })?;
 
     // Report.
-    let report = crate::pipeline_report::build(&dir, &task, args.eval.is_some(), args.price_per_label)?;
+    let report =
+        crate::pipeline_report::build(&dir, &task, args.eval.is_some(), args.price_per_label)?;
     let report_path = dir.join(files::REPORT);
     fs_err::write(&report_path, report.html)?;
     println!();
     for line in &report.summary {
         println!("{line}");
     }
-    println!("run took {:.1} min; report: {}", started.elapsed().as_secs_f64() / 60.0, report_path.display());
+    println!(
+        "run took {:.1} min; report: {}",
+        started.elapsed().as_secs_f64() / 60.0,
+        report_path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -212,8 +232,9 @@ fn call<A: clap::Args>(
         #[command(flatten)]
         args: A,
     }
-    let parsed = Wrapper::<A>::try_parse_from(std::iter::once(name.to_string()).chain(argv.iter().cloned()))
-        .with_context(|| format!("bad arguments for {name}: {}", argv.join(" ")))?;
+    let parsed =
+        Wrapper::<A>::try_parse_from(std::iter::once(name.to_string()).chain(argv.iter().cloned()))
+            .with_context(|| format!("bad arguments for {name}: {}", argv.join(" ")))?;
     let code = run(parsed.args, global)?;
     if code != ExitCode::SUCCESS {
         anyhow::bail!("prompt2lora {name} did not succeed");
@@ -235,23 +256,45 @@ fn push_opt<T: ToString>(argv: &mut Vec<String>, flag: &str, value: Option<T>) {
 /// Splits the filtered samples into a training file and a synthetic test file, stratified by
 /// intent. Membership depends only on each sample's id, so the split is stable across reruns
 /// and a sample never moves between the two.
-fn hold_out(clean: &Path, task: &Task, share: f64, train: &Path, test: &Path) -> anyhow::Result<()> {
+fn hold_out(
+    clean: &Path,
+    task: &Task,
+    share: f64,
+    train: &Path,
+    test: &Path,
+) -> anyhow::Result<()> {
     let intents = task.intent_names();
-    let rules = SampleRules { intents: Some(&intents), max_chars: usize::MAX };
+    let rules = SampleRules {
+        intents: Some(&intents),
+        max_chars: usize::MAX,
+    };
     let report = read_samples(clean, &rules)?;
     if let Some(error) = report.errors.first() {
-        anyhow::bail!("{} bad line(s) in filtered data, first: {error}", report.errors.len());
+        anyhow::bail!(
+            "{} bad line(s) in filtered data, first: {error}",
+            report.errors.len()
+        );
     }
     let (mut kept, mut held): (Vec<Sample>, Vec<Sample>) = (Vec::new(), Vec::new());
     for intent in &intents {
-        let mut group: Vec<&Sample> = report.records.iter().filter(|s| &s.intent == intent).collect();
+        let mut group: Vec<&Sample> = report
+            .records
+            .iter()
+            .filter(|s| &s.intent == intent)
+            .collect();
         group.sort_by_key(|s| split_key(&s.id));
-        let n_test = if group.len() >= 4 { ((group.len() as f64) * share).round() as usize } else { 0 };
+        let n_test = if group.len() >= 4 {
+            ((group.len() as f64) * share).round() as usize
+        } else {
+            0
+        };
         held.extend(group[..n_test].iter().map(|s| (*s).clone()));
         kept.extend(group[n_test..].iter().map(|s| (*s).clone()));
     }
     if held.is_empty() {
-        anyhow::bail!("too few filtered samples to hold out a test set; generate more (-n) or pass --eval");
+        anyhow::bail!(
+            "too few filtered samples to hold out a test set; generate more (-n) or pass --eval"
+        );
     }
     write_jsonl_atomic(train, kept)?;
     write_jsonl_atomic(test, held)?;

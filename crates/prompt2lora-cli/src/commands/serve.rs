@@ -222,7 +222,10 @@ mod tests {
         let run = root.path().join("runs").join("shop-v2").join("adapter");
         fs_err::create_dir_all(&run).unwrap();
         fs_err::write(run.join("labels.json"), "{}").unwrap();
-        assert_eq!(adapter_dirs(&[run.display().to_string()]).unwrap()[0].0, "shop-v2");
+        assert_eq!(
+            adapter_dirs(&[run.display().to_string()]).unwrap()[0].0,
+            "shop-v2"
+        );
 
         let e = adapter_dirs(&[root.path().display().to_string()]).unwrap_err();
         assert!(e.to_string().contains("nor a folder of adapters"), "{e}");

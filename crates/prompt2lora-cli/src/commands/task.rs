@@ -37,7 +37,10 @@ fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     }
     let teacher = match &task.teacher.base_url {
         Some(url) => format!("{} at {url}", task.teacher.model),
-        None => format!("{} (in process, unless OPENAI_BASE_URL is set)", task.teacher.model),
+        None => format!(
+            "{} (in process, unless OPENAI_BASE_URL is set)",
+            task.teacher.model
+        ),
     };
     println!("teacher   {teacher}");
     println!("samples   {}", task.teacher.samples);

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The filter benchmark (results in bench/results/filter.md):
+# 1. planted-duplicate sets from the training splits in ../shared/data (19.6k, 10k, 100k);
+# 2. recall and precision of duplicate removal per kind, and a threshold sweep, with the real
+#    embedder (embeddings cached beside each set, so the timing covers the filter alone);
+# 3. wall time and peak memory of the filter after embedding at 10k and 100k;
+# 4. embedding throughput of prompt2lora and of PyTorch sentence-transformers, same model,
+#    same sentences, same thread count.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data}
+OUT=${OUT:-$PWD/target/filter-bench}
+EMBEDDER=${EMBEDDER:-minilm-l6}
+PYTHON=${PYTHON:-python3}
+export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-2}
+
+python3 bench/filter_planted.py --data "$DATA" --out "$OUT/planted"
+python3 bench/filter_planted.py --data "$DATA" --out "$OUT/s10k" --originals 8400 --total 10000 --seed 11
+python3 bench/filter_planted.py --data "$DATA" --out "$OUT/s100k" --total 100000 --seed 13
+
+cargo bench -p prompt2lora-filter --bench planted --no-run
+run() { cargo bench -q -p prompt2lora-filter --bench planted -- "$@"; }
+run "$OUT/planted" --embedder "$EMBEDDER" --sweep
+run "$OUT/s10k" --embedder "$EMBEDDER"
+run "$OUT/s100k" --embedder "$EMBEDDER"
+
+MODEL_DIR=${MODEL_DIR:-${PROMPT2LORA_HOME:-$HOME/.cache/prompt2lora}/models/$EMBEDDER}
+"$PYTHON" bench/filter_embed_torch.py --model "$MODEL_DIR" --samples "$OUT/planted/samples.jsonl" \
+    --count 2048 --threads "$RAYON_NUM_THREADS" --compare "$OUT/planted/embeddings-$EMBEDDER.bin"
