@@ -3,8 +3,11 @@
 
 use std::sync::OnceLock;
 
-/// Threads used when the settings say nothing; see `bench/results/local-teacher.md`.
-pub const DEFAULT_THREADS: usize = 0;
+/// Threads used when the settings say nothing. On the shared 2-core machine where the
+/// benchmarks ran, one thread beat two in every measure (prompt, generation at batch 1 to 8,
+/// choice scoring): see `bench/results/local-teacher.md`. A dedicated machine with more cores
+/// should set `threads` (0 takes them all).
+pub const DEFAULT_THREADS: usize = 1;
 
 static CONFIGURED: OnceLock<usize> = OnceLock::new();
 
@@ -15,8 +18,8 @@ pub fn configure(threads: usize) {
         let unset = |name: &str| std::env::var_os(name).is_none();
         let size = (threads > 0 && unset("CANDLE_NUM_THREADS")).then_some(threads);
         // Spinning workers fight the computing ones for cores on a shared machine: there,
-        // 2 threads decoded at 0.6x the speed of 1 with candle's default spin, and at 1x
-        // without it (bench/results/local-teacher.md).
+        // 2 threads decoded 1.3x faster and scored choices 1.7x faster without spinning than
+        // with candle's default spin (bench/results/local-teacher.md).
         let no_spin = unset("CANDLE_BARRIER_POOL_SPIN_LIMIT");
         set_pool_environment(size, no_spin);
         threads
