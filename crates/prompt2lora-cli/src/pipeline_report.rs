@@ -97,7 +97,7 @@ pub fn build(
         "wall time".into(),
         format!("{:.1} min", total_seconds / 60.0),
     ));
-    let usd = ledger.total_usd();
+    let usd = ledger.total_usd() + 0.0; // an empty sum is -0.0
     report
         .summary
         .push(("teacher cost".into(), format!("${usd:.2}")));

@@ -194,16 +194,16 @@ pub fn bar_chart_svg(
                 35
             })
             .y_label_area_size(50)
-            .build_cartesian_2d(0.0..groups as f64, 0.0..max)?;
+            .build_cartesian_2d(-0.5..groups as f64 - 0.5, 0.0..max)?;
         let labels: Vec<String> = categories.to_vec();
         chart
             .configure_mesh()
             .disable_x_mesh()
             .x_labels(groups)
             .x_label_formatter(&|x| {
-                let i = x.floor() as usize;
-                if (x - i as f64 - 0.5).abs() < 0.26 {
-                    labels.get(i).cloned().unwrap_or_default()
+                let i = x.round();
+                if (x - i).abs() < 0.01 && i >= 0.0 {
+                    labels.get(i as usize).cloned().unwrap_or_default()
                 } else {
                     String::new()
                 }
@@ -215,7 +215,7 @@ pub fn bar_chart_svg(
             let color = Palette99::pick(s).to_rgba();
             chart
                 .draw_series(values.iter().enumerate().map(|(i, &v)| {
-                    let x0 = i as f64 + 0.1 + s as f64 * width_each;
+                    let x0 = i as f64 - 0.4 + s as f64 * width_each;
                     Rectangle::new([(x0, 0.0), (x0 + width_each * 0.95, v)], color.filled())
                 }))?
                 .label(name.as_str())
@@ -273,5 +273,57 @@ mod tests {
         assert!(!html.contains("<?xml"));
         assert!(!html.contains("<script"));
         assert!(html.contains("<td class=\"n\">0.91</td>"));
+    }
+
+    /// Renders a report in headless Chromium, where installed: the page must load, show its
+    /// figures and log no console errors.
+    #[test]
+    fn renders_in_headless_chromium_without_console_errors() {
+        let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+            .into_iter()
+            .find(|b| std::process::Command::new(b).arg("--version").output().is_ok())
+        else {
+            eprintln!("skipped: no Chromium on this machine");
+            return;
+        };
+        let svg = bar_chart_svg("F1", &["a".into(), "b".into()], &[("s".into(), vec![0.5, 1.0])], "F1")
+            .unwrap();
+        let report = Report {
+            title: "render check".into(),
+            sections: vec![Section {
+                title: "Figures".into(),
+                figures: vec![Figure { caption: "chart".into(), svg }],
+                ..Section::default()
+            }],
+            ..Report::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let page = dir.path().join("report.html");
+        fs_err::write(&page, report.to_html()).unwrap();
+        let out = std::process::Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--enable-logging=stderr",
+                "--v=0",
+                "--dump-dom",
+            ])
+            .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
+            .arg(format!("file://{}", page.display()))
+            .output()
+            .unwrap();
+        let dom = String::from_utf8_lossy(&out.stdout);
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{log}");
+        assert!(dom.contains("render check") && dom.contains("<svg"), "{dom}");
+        let console_errors: Vec<&str> =
+            log.lines().filter(|l| l.contains("CONSOLE") && l.contains("ERROR")).collect();
+        assert!(console_errors.is_empty(), "{console_errors:?}");
     }
 }
