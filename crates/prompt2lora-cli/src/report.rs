@@ -89,14 +89,14 @@ impl Report {
 }
 
 fn render_section(html: &mut String, section: &Section) {
-    let _ = write!(html, "<section><h2>{}</h2>\n", escape(&section.title));
+    let _ = writeln!(html, "<section><h2>{}</h2>", escape(&section.title));
     if let Some(text) = &section.text {
-        let _ = write!(html, "<p>{}</p>\n", escape(text));
+        let _ = writeln!(html, "<p>{}</p>", escape(text));
     }
     for figure in &section.figures {
-        let _ = write!(
+        let _ = writeln!(
             html,
-            "<figure>{}<figcaption>{}</figcaption></figure>\n",
+            "<figure>{}<figcaption>{}</figcaption></figure>",
             inline_svg(&figure.svg),
             escape(&figure.caption)
         );
@@ -281,18 +281,31 @@ mod tests {
     fn renders_in_headless_chromium_without_console_errors() {
         let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
             .into_iter()
-            .find(|b| std::process::Command::new(b).arg("--version").output().is_ok())
+            .find(|b| {
+                std::process::Command::new(b)
+                    .arg("--version")
+                    .output()
+                    .is_ok()
+            })
         else {
             eprintln!("skipped: no Chromium on this machine");
             return;
         };
-        let svg = bar_chart_svg("F1", &["a".into(), "b".into()], &[("s".into(), vec![0.5, 1.0])], "F1")
-            .unwrap();
+        let svg = bar_chart_svg(
+            "F1",
+            &["a".into(), "b".into()],
+            &[("s".into(), vec![0.5, 1.0])],
+            "F1",
+        )
+        .unwrap();
         let report = Report {
             title: "render check".into(),
             sections: vec![Section {
                 title: "Figures".into(),
-                figures: vec![Figure { caption: "chart".into(), svg }],
+                figures: vec![Figure {
+                    caption: "chart".into(),
+                    svg,
+                }],
                 ..Section::default()
             }],
             ..Report::default()
@@ -314,16 +327,24 @@ mod tests {
                 "--v=0",
                 "--dump-dom",
             ])
-            .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
+            .arg(format!(
+                "--user-data-dir={}",
+                dir.path().join("profile").display()
+            ))
             .arg(format!("file://{}", page.display()))
             .output()
             .unwrap();
         let dom = String::from_utf8_lossy(&out.stdout);
         let log = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{log}");
-        assert!(dom.contains("render check") && dom.contains("<svg"), "{dom}");
-        let console_errors: Vec<&str> =
-            log.lines().filter(|l| l.contains("CONSOLE") && l.contains("ERROR")).collect();
+        assert!(
+            dom.contains("render check") && dom.contains("<svg"),
+            "{dom}"
+        );
+        let console_errors: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("CONSOLE") && l.contains("ERROR"))
+            .collect();
         assert!(console_errors.is_empty(), "{console_errors:?}");
     }
 }

@@ -13,8 +13,22 @@ use prompt2lora_encoder::train::{Silent, TrainOptions, data, train};
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let a: Vec<String> = std::env::args().skip(1).collect();
-    let [model, train_path, test_path, per_intent, rank, epochs, batch, max_len, threads, out] = &a[..] else {
-        return Err("usage: MODEL TRAIN TEST PER_INTENT RANK EPOCHS BATCH MAX_LEN THREADS OUT".into());
+    let [
+        model,
+        train_path,
+        test_path,
+        per_intent,
+        rank,
+        epochs,
+        batch,
+        max_len,
+        threads,
+        out,
+    ] = &a[..]
+    else {
+        return Err(
+            "usage: MODEL TRAIN TEST PER_INTENT RANK EPOCHS BATCH MAX_LEN THREADS OUT".into(),
+        );
     };
     let per_intent: usize = per_intent.parse()?;
     let all = read_samples(Path::new(train_path), &SampleRules::default())?.records;
