@@ -88,6 +88,9 @@ pub struct Reject {
     /// The stage that removed it: `read`, `validity`, `drift`, `exact_duplicate`,
     /// `near_duplicate`, `semantic_duplicate`, `confidence`, ...
     pub stage: String,
+    /// Why the stage removed it. Written as `reject_reason`, because the sample's own `reason`
+    /// (the teacher's) is in the same JSON object.
+    #[serde(rename = "reject_reason")]
     pub reason: String,
     /// For duplicates: the id of the sample that was kept instead.
     #[serde(default)]
@@ -128,5 +131,22 @@ mod tests {
                 "{key} missing in {line}"
             );
         }
+    }
+
+    #[test]
+    fn reject_keeps_both_reasons_apart() {
+        let mut sample = Sample::new("hi", "other");
+        sample.reason = Some("greeting".into());
+        let reject = Reject {
+            sample,
+            stage: "validity".into(),
+            reason: "too short".into(),
+            duplicate_of: None,
+        };
+        let value: serde_json::Value = serde_json::to_value(&reject).unwrap();
+        assert_eq!(value["reason"], "greeting");
+        assert_eq!(value["reject_reason"], "too short");
+        let back: Reject = serde_json::from_value(value).unwrap();
+        assert_eq!(back, reject);
     }
 }

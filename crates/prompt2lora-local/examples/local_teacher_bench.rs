@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::IndexOp;
-use prompt2lora_core::ChatMessage;
+use prompt2lora_core::{ChatMessage, ChatRequest};
 use prompt2lora_local::engine::Engine;
 use prompt2lora_local::model::KvCache;
 
@@ -106,6 +106,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or_default();
         println!("label\t{message}\t{best}\t{:.2} s", times.last().unwrap());
     }
+    // Labelling as JSON under a schema (constrained decoding), greedy.
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"intent": {"type": "string", "enum": INTENTS}},
+        "required": ["intent"],
+        "additionalProperties": false
+    });
+    let mut json_times = Vec::new();
+    for message in MESSAGES {
+        let request = ChatRequest {
+            messages: vec![ChatMessage::system(system.clone()), ChatMessage::user(message)],
+            temperature: 0.0,
+            top_p: 1.0,
+            max_tokens: 24,
+            json_schema: Some(schema.clone()),
+            seed: Some(0),
+        };
+        let started = Instant::now();
+        let answer = engine.chat_batch(&[request]).remove(0)?;
+        json_times.push(started.elapsed().as_secs_f64());
+        println!("json\t{message}\t{}\t{:.2} s", answer.text, json_times.last().unwrap());
+    }
+    let json_rest: f64 = json_times[1..].iter().sum::<f64>() / (json_times.len() - 1) as f64;
+    println!("json_s_per_message_cached_prefix\t{json_rest:.2}");
+
     let first = times[0];
     let rest: f64 = times[1..].iter().sum::<f64>() / (times.len() - 1) as f64;
     println!("score_s_per_message_cold\t{first:.2}");
