@@ -116,7 +116,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut json_times = Vec::new();
     for message in MESSAGES {
         let request = ChatRequest {
-            messages: vec![ChatMessage::system(system.clone()), ChatMessage::user(message)],
+            messages: vec![
+                ChatMessage::system(system.clone()),
+                ChatMessage::user(message),
+            ],
             temperature: 0.0,
             top_p: 1.0,
             max_tokens: 24,
@@ -126,7 +129,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let started = Instant::now();
         let answer = engine.chat_batch(&[request]).remove(0)?;
         json_times.push(started.elapsed().as_secs_f64());
-        println!("json\t{message}\t{}\t{:.2} s", answer.text, json_times.last().unwrap());
+        println!(
+            "json\t{message}\t{}\t{:.2} s",
+            answer.text,
+            json_times.last().unwrap()
+        );
     }
     let json_rest: f64 = json_times[1..].iter().sum::<f64>() / (json_times.len() - 1) as f64;
     println!("json_s_per_message_cached_prefix\t{json_rest:.2}");

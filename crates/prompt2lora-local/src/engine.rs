@@ -67,7 +67,10 @@ impl Engine {
         )?;
         let suffix = vocab.encode(&template.answer_suffix()?)?;
         let end_of_turn = suffix.first().copied().unwrap_or(vocab.eos_id);
-        let model = Transformer::load(&mut gguf, &Device::Cpu)?;
+        // With candle's `cuda` feature (this crate's `cuda`) the first GPU is used when there
+        // is one. TODO: the GPU path has not been run yet; run the tests on a GPU machine.
+        let device = Device::cuda_if_available(0)?;
+        let model = Transformer::load(&mut gguf, &device)?;
         tracing::debug!(
             path = %path.display(),
             architecture = model.config.architecture,
