@@ -12,7 +12,8 @@
 # usage: bench/predict.sh [--setup-only]
 # env:   SNIPS (folder with train.jsonl and test.jsonl), PER_INTENT (150), EPOCHS (3),
 #        THREADS ("1 2"), REPEAT (3: copies of the 700 test messages for throughput),
-#        PYTHON (an interpreter with torch, transformers, safetensors; default bench/.venv)
+#        PYTHON (an interpreter with torch, transformers, safetensors; default bench/.venv),
+#        SKIP_BUILD (set: use the existing target/release/prompt2lora)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +27,7 @@ ADAPTER=$OUT/run/adapter
 BIN=target/release/prompt2lora
 mkdir -p "$OUT" bench/results
 
-cargo build --release -p prompt2lora-cli
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -p prompt2lora-cli
 [ -x "$BIN" ] || { echo "no $BIN" >&2; exit 2; }
 
 # 1. The adapter: a task file for SNIPS' seven intents and a stratified training subset.
@@ -112,7 +113,7 @@ for t in $THREADS; do
 done
 
 # 5. The table.
-python3 - "$RAW" "$OUT/eval/metrics.json" <<'PY' > bench/results/eval-serve.md.predict
+python3 - "$RAW" "$OUT/eval/metrics.json" <<'PY' > "$OUT/section.md"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 m = json.load(open(sys.argv[2]))["student"]

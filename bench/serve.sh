@@ -21,7 +21,7 @@ mkdir -p "$OUT" bench/results
 
 command -v wrk > /dev/null || { apt-get update -qq && apt-get install -y -qq wrk > /dev/null; }
 [ -f "$ADAPTER/labels.json" ] || bench/predict.sh --setup-only
-cargo build --release -p prompt2lora-cli
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -p prompt2lora-cli
 
 RAYON_NUM_THREADS=$THREADS "$BIN" serve "snips=$ADAPTER" --addr "127.0.0.1:$PORT" 2> "$OUT/server.log" &
 SERVER=$!
