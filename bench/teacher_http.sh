@@ -5,7 +5,8 @@
 #
 # usage: bench/teacher_http.sh [PYTHON]   (PYTHON: an interpreter with the `openai` package;
 #        default: bench/.venv/bin/python, then python3)
-# env:   LATENCY_MS (200), RUN_SECONDS (10), CONCURRENCY ("1 16 64 256"), PORT (8787)
+# env:   LATENCY_MS (200), RUN_SECONDS (10), CONCURRENCY ("1 16 64 256"), PORT (8787),
+#        SKIP_BUILD (set: use the binary already built)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +23,7 @@ if [ -z "$PYTHON" ]; then
   fi
 fi
 
-cargo build --release -p prompt2lora-teacher --example teacher_http_bench
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -p prompt2lora-teacher --example teacher_http_bench
 BIN=target/release/examples/teacher_http_bench
 URL="http://127.0.0.1:$PORT/v1"
 
