@@ -10,7 +10,7 @@ use prompt2lora_filter::FilterReport;
 use prompt2lora_teacher::ledger::Ledger;
 use serde_json::Value;
 
-use crate::commands::run::files;
+use crate::commands::run::{Round, RoundRecord, files};
 use crate::report::{Figure, Report, Section, Table, bar_chart_svg};
 use crate::stages::Stages;
 
@@ -20,15 +20,19 @@ pub struct Built {
     pub summary: Vec<String>,
 }
 
+/// The report of the run in `dir`, whose final student is the one of round `best`.
 pub fn build(
     dir: &Path,
     task: &Task,
+    best: &Round,
+    rounds: &[RoundRecord],
     real_eval: bool,
     price_per_label: f64,
 ) -> anyhow::Result<Built> {
     let stages = Stages::load(dir)?;
-    let filter: Option<FilterReport> = read_json(&dir.join(files::FILTER_REPORT))?;
-    let train: Option<Value> = read_json(&dir.join(files::ADAPTER).join("train_summary.json"))?;
+    let filter: Option<FilterReport> = read_json(&best.file(files::FILTER_REPORT))?;
+    let adapter = best.file(files::ADAPTER);
+    let train: Option<Value> = read_json(&adapter.join("train_summary.json"))?;
     let comparison: Option<Comparison> = read_json(&dir.join(files::EVAL).join("metrics.json"))?;
     let ledger: Ledger = read_json(&dir.join(files::LEDGER))?.unwrap_or_default();
 
@@ -89,10 +93,7 @@ pub fn build(
             .summary
             .push(("samples generated / kept".into(), format!("{g} / {k}")));
     }
-    let total_seconds: f64 = ["generate", "filter", "train", "eval"]
-        .iter()
-        .filter_map(|s| stages.get(s).map(|r| r.seconds))
-        .sum();
+    let total_seconds: f64 = STAGES.iter().map(|s| stages.total_seconds(s)).sum();
     report.summary.push((
         "wall time".into(),
         format!("{:.1} min", total_seconds / 60.0),
@@ -116,11 +117,19 @@ pub fn build(
         );
     }
 
+    if rounds.len() > 1 {
+        report.sections.push(rounds_section(rounds, best.number)?);
+        terminal.push(format!(
+            "{} rounds; the student of round {} is kept",
+            rounds.len(),
+            best.number
+        ));
+    }
     if let Some(filter) = &filter {
         report.sections.push(filter_section(filter)?);
     }
     if let Some(train) = &train {
-        report.sections.push(train_section(dir, train));
+        report.sections.push(train_section(&adapter, train));
     }
     if let Some(c) = &comparison {
         report.sections.push(eval_section(dir, c)?);
@@ -189,7 +198,76 @@ fn filter_section(filter: &FilterReport) -> anyhow::Result<Section> {
     Ok(section)
 }
 
-fn train_section(dir: &Path, train: &Value) -> Section {
+/// The stages of a run, in order; later rounds' stages count towards the stage they repeat.
+const STAGES: [&str; 4] = ["generate", "filter", "train", "eval"];
+
+fn rounds_section(rounds: &[RoundRecord], best: usize) -> anyhow::Result<Section> {
+    let mut section = Section {
+        title: "Rounds".into(),
+        text: Some(format!(
+            "Every round after the first generated samples for the intents the student scored \
+             worst on the validation set, written so as not to be mistaken for the intent each \
+             was most confused with, then retrained. A round is kept only if validation \
+             macro-F1 improved; the student of round {best} is the final one."
+        )),
+        ..Section::default()
+    };
+    let categories: Vec<String> = rounds
+        .iter()
+        .map(|r| format!("round {}", r.round))
+        .collect();
+    let f1: Vec<f64> = rounds.iter().map(|r| r.validation_macro_f1).collect();
+    section.figures.push(Figure {
+        caption: "Validation macro-F1 per round.".into(),
+        svg: bar_chart_svg(
+            "Validation macro-F1",
+            &categories,
+            &[("macro-F1".into(), f1)],
+            "macro-F1",
+        )?,
+    });
+    section.tables.push(Table {
+        caption: None,
+        headers: [
+            "round",
+            "targeted intents (validation F1, against)",
+            "new samples",
+            "training examples",
+            "validation macro-F1",
+            "kept",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows: rounds
+            .iter()
+            .map(|r| {
+                let targets: Vec<String> = r
+                    .targets
+                    .iter()
+                    .map(|t| {
+                        let against = t.contrast.as_deref().unwrap_or("-");
+                        format!("{} ({:.3}, {against})", t.intent, t.f1)
+                    })
+                    .collect();
+                vec![
+                    r.round.to_string(),
+                    if targets.is_empty() {
+                        "-".into()
+                    } else {
+                        targets.join(", ")
+                    },
+                    r.generated.to_string(),
+                    r.train_examples.to_string(),
+                    format!("{:.3}", r.validation_macro_f1),
+                    if r.kept { "yes" } else { "no" }.into(),
+                ]
+            })
+            .collect(),
+    });
+    Ok(section)
+}
+
+fn train_section(adapter: &Path, train: &Value) -> Section {
     let field = |key: &str| {
         train
             .get(key)
@@ -230,7 +308,7 @@ fn train_section(dir: &Path, train: &Value) -> Section {
         }],
         ..Section::default()
     };
-    if let Ok(svg) = fs_err::read_to_string(dir.join(files::ADAPTER).join("loss_curve.svg")) {
+    if let Ok(svg) = fs_err::read_to_string(adapter.join("loss_curve.svg")) {
         section.figures.push(Figure {
             caption: "Training loss and validation macro-F1.".into(),
             svg,
@@ -357,10 +435,10 @@ fn eval_section(dir: &Path, c: &Comparison) -> anyhow::Result<Section> {
 }
 
 fn cost_section(stages: &Stages, ledger: &Ledger) -> anyhow::Result<Section> {
-    let names = ["generate", "filter", "train", "eval"];
+    let names = STAGES;
     let minutes: Vec<f64> = names
         .iter()
-        .map(|s| stages.get(s).map_or(0.0, |r| r.seconds / 60.0))
+        .map(|s| stages.total_seconds(s) / 60.0)
         .collect();
     let mut section = Section {
         title: "Time and cost".into(),

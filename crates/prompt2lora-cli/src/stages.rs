@@ -53,6 +53,20 @@ impl Stages {
         self.stages.get(stage)
     }
 
+    /// Seconds of `stage` and of its repetitions in later rounds (`stage.*`).
+    pub fn total_seconds(&self, stage: &str) -> f64 {
+        self.stages
+            .iter()
+            .filter(|(name, _)| {
+                name.as_str() == stage
+                    || name
+                        .strip_prefix(stage)
+                        .is_some_and(|rest| rest.starts_with('.'))
+            })
+            .map(|(_, r)| r.seconds)
+            .sum()
+    }
+
     /// Records a finished stage and saves the file atomically.
     pub fn finish(&mut self, stage: &str, inputs: String, seconds: f64) -> anyhow::Result<()> {
         self.stages

@@ -54,6 +54,7 @@ save_steps = 0
             resume: false,
             merge: false,
             stop: None,
+            validation: None,
             observer: &mut Silent,
         };
         train(&task, &toy_samples(40, 0.0, 1), options).unwrap();

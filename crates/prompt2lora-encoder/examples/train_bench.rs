@@ -55,6 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         resume: false,
         merge: false,
         stop: None,
+        validation: None,
         observer: &mut Silent,
     };
     let summary = train(&task, &samples, options)?;

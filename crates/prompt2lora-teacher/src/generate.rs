@@ -49,6 +49,12 @@ pub struct GenerateOptions {
     /// Generation requests in a row that may bring no new sample for an intent before the run
     /// gives up on the teacher.
     pub max_fruitless: usize,
+    /// Synthesize mode: samples the output should hold per intent (the task's intent order),
+    /// instead of `samples` spread evenly. The closed loop of `run` asks for weak intents only.
+    pub quotas: Option<Vec<usize>>,
+    /// Synthesize mode: for an intent, another intent the student confuses it with; its
+    /// messages are then written to be clearly the one and not the other.
+    pub contrast: BTreeMap<String, String>,
 }
 
 impl GenerateOptions {
@@ -75,6 +81,8 @@ impl GenerateOptions {
             },
             ledger_path: None,
             max_fruitless: 10,
+            quotas: None,
+            contrast: BTreeMap::new(),
         })
     }
 }
@@ -440,7 +448,7 @@ impl<'a> Run<'a> {
             None => {
                 // Seed examples are the user's own words: a copy of one is not a new sample.
                 seen.extend(pools.iter().flatten().map(|e| e.id.clone()));
-                let quota = spread(options.samples, names.len());
+                let quota = quotas(options, names.len())?;
                 let target = quota.iter().zip(&have).map(|(q, h)| q.max(h)).sum();
                 (quota, Vec::new(), target)
             }
@@ -648,7 +656,13 @@ impl<'a> Run<'a> {
         let name = &self.names[intent];
         let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
         let request = ChatRequest {
-            messages: prompts::generate_messages(self.task, name, &texts, variations),
+            messages: prompts::generate_messages(
+                self.task,
+                name,
+                self.options.contrast.get(name).map(String::as_str),
+                &texts,
+                variations,
+            ),
             temperature: self.options.temperature,
             top_p: self.options.top_p,
             max_tokens: 60 + 160 * claim as u32,
@@ -957,7 +971,7 @@ pub fn estimate(
             queue.take(room).collect()
         }
         None => {
-            let quota = spread(options.samples, names.len());
+            let quota = quotas(options, names.len())?;
             let mut remaining = Vec::new();
             for (i, name) in names.iter().enumerate() {
                 let have = existing
@@ -983,7 +997,9 @@ pub fn estimate(
                     .map(String::as_str)
                     .collect();
                 let variations = vec!["a typical customer, neutral tone, one sentence, sent by live chat, mentioning a product".to_string(); per];
-                let prompt = prompts::generate_messages(task, name, &examples, &variations);
+                let contrast = options.contrast.get(name).map(String::as_str);
+                let prompt =
+                    prompts::generate_messages(task, name, contrast, &examples, &variations);
                 let prompt_tokens: usize =
                     prompt.iter().map(|m| estimate_tokens(&m.content) + 4).sum();
                 book(
@@ -1058,6 +1074,18 @@ pub fn estimate(
 }
 
 /// `n` split over `k` parts as evenly as possible, the first parts taking the remainder.
+/// Synthesize mode: the samples wanted per intent.
+fn quotas(options: &GenerateOptions, intents: usize) -> Result<Vec<usize>, GenerateError> {
+    match &options.quotas {
+        None => Ok(spread(options.samples, intents)),
+        Some(quotas) if quotas.len() == intents => Ok(quotas.clone()),
+        Some(quotas) => Err(GenerateError::Settings(format!(
+            "{} per-intent quotas for {intents} intents",
+            quotas.len()
+        ))),
+    }
+}
+
 fn spread(n: usize, k: usize) -> Vec<usize> {
     (0..k).map(|i| n / k + usize::from(i < n % k)).collect()
 }

@@ -154,10 +154,12 @@ pub fn variation<R: Rng + ?Sized>(rng: &mut R) -> String {
     )
 }
 
-/// The request for `variations.len()` new messages of `intent`.
+/// The request for `variations.len()` new messages of `intent`; with `contrast`, messages that
+/// sit near the border with that other intent yet clearly belong to `intent`.
 pub fn generate_messages(
     task: &Task,
     intent: &str,
+    contrast: Option<&str>,
     examples: &[&str],
     variations: &[String],
 ) -> Vec<ChatMessage> {
@@ -170,6 +172,15 @@ pub fn generate_messages(
         intent_list(task),
         language_name(&task.language),
     );
+    if let Some(other) = contrast.filter(|&other| other != intent) {
+        let other_description = task.intent(other).map_or("", |i| i.description.trim());
+        user.push_str(&format!(
+            "\nA classifier often mistakes messages of `{intent}` for `{other}` \
+             ({other_description}). Write messages that could at first sight look like \
+             `{other}` but that clearly ask for `{intent}`: state what the customer wants in their \
+             own words, so that a careful reader has no doubt.\n"
+        ));
+    }
     if !examples.is_empty() {
         user.push_str("\nExample messages of this intent:\n");
         for example in examples {
@@ -469,9 +480,16 @@ description = "其他问题"
         let t = task();
         let mut rng = rand::rng();
         let variations: Vec<String> = (0..3).map(|_| variation(&mut rng)).collect();
-        let messages = generate_messages(&t, "退货", &["这双鞋我想退了"], &variations);
+        let messages = generate_messages(&t, "退货", None, &["这双鞋我想退了"], &variations);
         let user = &messages[1].content;
         assert!(user.contains("Simplified Chinese") && user.contains("exactly 3 strings"));
+        assert!(!user.contains("mistakes"));
+        let contrast = generate_messages(&t, "退货", Some("其他"), &[], &variations);
+        assert!(
+            contrast[1]
+                .content
+                .contains("mistakes messages of `退货` for `其他`")
+        );
         assert!(user.contains("- 这双鞋我想退了") && user.contains("3. "));
         let label = &label_json_messages(&t, "我要退货")[1].content;
         assert!(label.contains("one of [\"退货\", \"其他\"]") && label.contains("`其他`"));

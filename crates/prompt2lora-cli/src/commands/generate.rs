@@ -63,6 +63,62 @@ pub struct Args {
     /// Cost ledger to continue and update [default: ledger.json beside the output].
     #[arg(long, value_name = "FILE")]
     pub ledger: Option<PathBuf>,
+    /// Write messages for the named intents only, until the output holds N samples requested
+    /// for each (repeatable; replaces the even spread of --samples).
+    #[arg(long, value_name = "INTENT=N", value_parser = parse_pair)]
+    pub quota: Vec<(String, String)>,
+    /// Write the messages of INTENT so that they cannot be mistaken for OTHER, an intent the
+    /// student confuses it with (repeatable).
+    #[arg(long, value_name = "INTENT=OTHER", value_parser = parse_pair)]
+    pub contrast: Vec<(String, String)>,
+}
+
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() && !value.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.trim().to_string()))
+        }
+        _ => Err(format!("`{text}` is not of the form KEY=VALUE")),
+    }
+}
+
+/// `--quota` and `--contrast`, checked against the task's intents.
+fn targets(args: &Args, task: &Task, options: &mut GenerateOptions) -> anyhow::Result<()> {
+    let names = task.intent_names();
+    let known = |name: &str, flag: &str| {
+        if names.iter().any(|n| n == name) {
+            Ok(())
+        } else {
+            Err(UserError::new(format!(
+                "{flag} {name}: no such intent in {}",
+                args.task.display()
+            ))
+            .with_hint(format!("the intents are: {}", names.join(", "))))
+        }
+    };
+    if !args.quota.is_empty() {
+        if args.label.is_some() {
+            return Err(
+                UserError::new("--quota writes new messages; it cannot go with --label").into(),
+            );
+        }
+        let mut quotas = vec![0; names.len()];
+        for (intent, n) in &args.quota {
+            known(intent, "--quota")?;
+            let n: usize = n.parse().map_err(|_| {
+                UserError::new(format!("--quota {intent}={n}: not a number of samples"))
+            })?;
+            let i = names.iter().position(|x| x == intent).expect("known");
+            quotas[i] = n;
+        }
+        options.quotas = Some(quotas);
+    }
+    for (intent, other) in &args.contrast {
+        known(intent, "--contrast")?;
+        known(other, "--contrast")?;
+        options.contrast.insert(intent.clone(), other.clone());
+    }
+    Ok(())
 }
 
 /// The teacher and options after merging flags over the environment over the task file.
@@ -116,6 +172,7 @@ fn resolve(args: &Args, task: &mut Task) -> anyhow::Result<Settings> {
     }
     options.seed = args.seed;
     options.label.seed = Some(args.seed);
+    targets(args, task, &mut options)?;
     let ledger = args
         .ledger
         .clone()

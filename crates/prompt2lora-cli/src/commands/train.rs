@@ -24,6 +24,10 @@ pub struct Args {
     /// Adapter folder to write.
     #[arg(long)]
     pub out: PathBuf,
+    /// Validation samples scored every epoch (same format as the input), instead of holding
+    /// out `train.validation_fraction` of the input.
+    #[arg(long, value_name = "FILE")]
+    pub validation: Option<PathBuf>,
     /// LoRA rank: a number, `auto` (from the data's confidence) or `sweep`.
     #[arg(long)]
     pub rank: Option<String>,
@@ -101,6 +105,21 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     for error in &report.errors {
         tracing::warn!("{error}; line skipped");
     }
+    let validation = match &args.validation {
+        None => None,
+        Some(path) => {
+            let validation = read_samples(path, &rules)
+                .map_err(|e| UserError::new(format!("cannot read validation samples: {e}")))?;
+            if let Some(error) = validation.errors.first() {
+                return Err(UserError::new(format!(
+                    "{} bad validation line(s), first: {error}",
+                    validation.errors.len()
+                ))
+                .into());
+            }
+            Some(validation.records)
+        }
+    };
     if report.records.is_empty() {
         return Err(
             UserError::new(format!("{}: no usable samples", args.input.display()))
@@ -121,14 +140,24 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         report.records.len()
     );
 
-    // Ctrl-C stops after the current step with a checkpoint; a second one exits at once.
-    ctrlc::set_handler(|| {
-        if STOP.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\nstopping after this step; saving a checkpoint (Ctrl-C again to quit now)");
-    })
-    .context("cannot install the Ctrl-C handler")?;
+    // Ctrl-C stops after the current step with a checkpoint; a second one exits at once. The
+    // handler is installed once per process (`run` trains once per round).
+    static HANDLER: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    HANDLER
+        .get_or_init(|| {
+            ctrlc::set_handler(|| {
+                if STOP.swap(true, Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+                eprintln!(
+                    "\nstopping after this step; saving a checkpoint (Ctrl-C again to quit now)"
+                );
+            })
+            .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+        .context("cannot install the Ctrl-C handler")?;
 
     let mut progress = Progress { bar: None, global };
     let options = TrainOptions {
@@ -137,6 +166,7 @@ pub fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         resume: args.resume,
         merge: args.merge,
         stop: Some(&STOP),
+        validation: validation.as_deref(),
         observer: &mut progress,
     };
     let result = prompt2lora_encoder::train::train(&task, &report.records, options);

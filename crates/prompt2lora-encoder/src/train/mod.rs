@@ -57,6 +57,10 @@ pub struct TrainOptions<'a> {
     pub merge: bool,
     /// Set (by a Ctrl-C handler) to stop after the current step with a checkpoint.
     pub stop: Option<&'a AtomicBool>,
+    /// A validation set to score every epoch on, instead of holding out
+    /// `validation_fraction` of the samples (the closed loop of `run` keeps one fixed set
+    /// across rounds, so that their scores compare).
+    pub validation: Option<&'a [Sample]>,
     pub observer: &'a mut dyn Observer,
 }
 
@@ -108,7 +112,17 @@ fn train_inner(task: &Task, samples: &[Sample], options: TrainOptions<'_>) -> Re
     check_settings(s)?;
     let observer = options.observer;
 
-    // Data: labels, tokens, the validation split and loss weights.
+    // Data: labels, tokens, the validation split and loss weights. A given validation set is
+    // appended to the samples and split off again by position.
+    let joined: Vec<Sample>;
+    let given_validation = options.validation.map(<[Sample]>::len);
+    let samples = match options.validation {
+        Some(validation) => {
+            joined = samples.iter().chain(validation).cloned().collect();
+            &joined[..]
+        }
+        None => samples,
+    };
     let labels = task.intent_names();
     let label_ids = data::label_indices(samples, &labels)?;
     let student_name = task.student();
@@ -116,8 +130,13 @@ fn train_inner(task: &Task, samples: &[Sample], options: TrainOptions<'_>) -> Re
     let text = base.text_encoder(s.max_length)?;
     let texts: Vec<&str> = samples.iter().map(|x| x.text.as_str()).collect();
     let ids = text.encode(&texts)?;
-    let (train_idx, val_idx) =
-        data::stratified_split(&label_ids, labels.len(), s.validation_fraction, s.seed);
+    let (train_idx, val_idx) = match given_validation {
+        Some(n) => {
+            let first = samples.len() - n;
+            ((0..first).collect(), (first..samples.len()).collect())
+        }
+        None => data::stratified_split(&label_ids, labels.len(), s.validation_fraction, s.seed),
+    };
     if train_idx.is_empty() {
         return Err(Error::Data(
             "no training samples left after the validation split".into(),

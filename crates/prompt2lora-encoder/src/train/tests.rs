@@ -72,6 +72,7 @@ fn run(
         resume,
         merge: false,
         stop,
+        validation: None,
         observer,
     };
     train(task, &samples, options)
@@ -142,6 +143,7 @@ fn adapter_has_peft_layout_and_reloads_to_the_same_predictions() {
         resume: false,
         merge: true,
         stop: None,
+        validation: None,
         observer: &mut Silent,
     };
     let summary = train(&task, &samples, options).unwrap();
@@ -306,6 +308,7 @@ fn auto_rank_reads_the_data_confidence() {
         resume: false,
         merge: false,
         stop: None,
+        validation: None,
         observer: &mut Silent,
     };
     let summary = train(&task, &noisy, options).unwrap();
