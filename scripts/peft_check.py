@@ -25,6 +25,7 @@ class Student(torch.nn.Module):
     def __init__(self, base, labels):
         super().__init__()
         self.bert = transformers.AutoModel.from_pretrained(base, add_pooling_layer=False)
+        self.config = self.bert.config  # PEFT's sequence-classification wrapper reads it
         self.classifier = torch.nn.Linear(self.bert.config.hidden_size, labels)
 
     def forward(self, input_ids=None, attention_mask=None, **_):
