@@ -297,3 +297,49 @@ fn rounds_need_a_validation_set() {
         "{stderr}"
     );
 }
+
+#[test]
+fn label_mode_labels_the_given_messages_and_runs_to_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start();
+    setup(dir.path(), &server);
+    // Real-looking unlabelled messages: the mock knows which intent each was written for.
+    let mut messages: Vec<String> = (0..60)
+        .map(|i| server.teacher.write(TOY_INTENTS[i % 3].0))
+        .collect();
+    messages.sort();
+    messages.dedup();
+    fs_err::write(dir.path().join("inbox.txt"), messages.join("\n") + "\n").unwrap();
+
+    let args = ["run", "task.toml", "--out", "out", "--label", "inbox.txt"];
+    let out = prompt2lora(dir.path(), &args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let run = dir.path().join("out");
+
+    // Every message labelled once, as a labelled (not generated) sample.
+    let samples = fs_err::read_to_string(run.join("samples.jsonl")).unwrap();
+    let mut texts: Vec<String> = samples
+        .lines()
+        .map(|line| {
+            let sample: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(sample["provenance"]["source"], "label", "{line}");
+            assert!(sample["provenance"]["requested_intent"].is_null(), "{line}");
+            sample["text"].as_str().unwrap().to_string()
+        })
+        .collect();
+    texts.sort();
+    assert_eq!(texts, messages);
+    assert!(run.join("report.html").is_file());
+
+    // A rerun labels nothing twice; a missing inbox is named.
+    let again = prompt2lora(dir.path(), &args);
+    assert!(again.status.success());
+    assert_eq!(
+        fs_err::read_to_string(run.join("samples.jsonl")).unwrap(),
+        samples
+    );
+    let missing = prompt2lora(dir.path(), &["run", "task.toml", "--label", "nope.txt"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("--label nope.txt: no such file"));
+}

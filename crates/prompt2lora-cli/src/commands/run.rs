@@ -40,6 +40,11 @@ pub struct Args {
     /// Samples to generate in the first round; overrides `[teacher] samples`.
     #[arg(short = 'n', long)]
     pub samples: Option<usize>,
+    /// In the first round, label the messages of FILE (one per line, or JSONL with a `text`
+    /// field; real but unlabelled messages, such as a support inbox) instead of writing new
+    /// ones. Later rounds still write targeted messages.
+    #[arg(long, value_name = "FILE")]
+    pub label: Option<PathBuf>,
     /// Stop generating when this many USD have been spent, over all rounds.
     #[arg(long, value_name = "USD")]
     pub budget: Option<f64>,
@@ -266,6 +271,10 @@ fn check_args(args: &Args, task: &Task) -> anyhow::Result<()> {
         let message = format!("--holdout {} must be in [0, 0.9)", args.holdout);
         return Err(UserError::new(message).into());
     }
+    if let Some(label) = args.label.as_ref().filter(|l| !l.is_file()) {
+        let message = format!("--label {}: no such file", label.display());
+        return Err(UserError::new(message).into());
+    }
     if args.rounds == 0 {
         return Err(UserError::new("--rounds must be at least 1").into());
     }
@@ -290,8 +299,13 @@ impl Context<'_> {
         let mut argv = vec![path(&self.task_file), "--out".into(), path(&samples)];
         argv.extend(["--ledger".into(), path(&self.dir.join(files::LEDGER))]);
         push_opt(&mut argv, "--budget", self.args.budget);
+        let mut inputs = InputHash::new("generate").file(&self.task_file)?;
         if round.number == 1 {
             push_opt(&mut argv, "--samples", self.args.samples);
+            if let Some(label) = &self.args.label {
+                push_opt(&mut argv, "--label", Some(path(label)));
+                inputs = inputs.file(label)?;
+            }
         } else {
             push_opt(&mut argv, "--seed", Some(round.number));
             for target in targets {
@@ -309,10 +323,7 @@ impl Context<'_> {
                 }
             }
         }
-        let inputs = InputHash::new("generate")
-            .file(&self.task_file)?
-            .value(&argv)?
-            .finish();
+        let inputs = inputs.value(&argv)?.finish();
         self.stage(&round.stage("generate"), inputs, true, |g| {
             call::<super::generate::Args>("generate", &argv, g, super::generate::run)
         })
