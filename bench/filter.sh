@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The filter benchmark (results in bench/results/filter.md):
-# 1. planted-duplicate sets from the training splits in ../shared/data (19.6k, 10k, 100k);
+# 1. planted-duplicate sets from the training splits in $DATA (19.6k, 10k, 100k);
 # 2. recall and precision of duplicate removal per kind, and a threshold sweep, with the real
 #    embedder (embeddings cached beside each set, so the timing covers the filter alone);
 # 3. wall time and peak memory of the filter after embedding at 10k and 100k;
@@ -8,7 +8,7 @@
 #    same sentences, same thread count.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${DATA:-../shared/data}
+DATA=${DATA:?set DATA to the folder that holds snips/ and smp2017_ecdt_task1/}
 OUT=${OUT:-$PWD/target/filter-bench}
 EMBEDDER=${EMBEDDER:-minilm-l6}
 PYTHON=${PYTHON:-python3}

@@ -14,8 +14,8 @@ Writes into --out: samples.jsonl (shuffled; ids `o…` for originals, `v…` for
 truth.jsonl (one line per copy: its id, the original's id, the kind) and task.toml (every label
 of both data sets as an intent). No test split is read: thresholds are chosen on this set.
 
-    python3 bench/filter_planted.py --data ../shared/data --out target/filter-bench/planted
-    python3 bench/filter_planted.py --data ../shared/data --out target/filter-bench/s100k --total 100000
+    python3 bench/filter_planted.py --data DATA --out target/filter-bench/planted
+    python3 bench/filter_planted.py --data DATA --out target/filter-bench/s100k --total 100000
 """
 
 import argparse

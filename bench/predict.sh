@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SNIPS=${SNIPS:-../shared/data/snips}
+SNIPS=${SNIPS:?set SNIPS to the folder that holds the SNIPS train.jsonl and test.jsonl}
 PER_INTENT=${PER_INTENT:-150}
 EPOCHS=${EPOCHS:-3}
 THREADS=${THREADS:-"1 2"}

@@ -8,10 +8,12 @@
 #   UNLABELLED    messages to label (default 700 for snips, 500 for smp2017, seed 1)
 #   TEACHER_TEST  test messages the teacher also labels (default 210 / 200, seed 1); the student
 #                 is scored on the whole test split as well
-# Results go to bench/out/proof/<set>/; BIN names the prompt2lora binary.
+# DATA names the folder that holds snips/ and smp2017_ecdt_task1/ (each with train, test and,
+# for smp2017, validation JSONL); results go to bench/out/proof/<set>/; BIN names the prompt2lora
+# binary. bench/proof/summary.py prints the tables afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DATA=${DATA:-../shared/data}
+DATA=${DATA:?set DATA to the folder that holds snips/ and smp2017_ecdt_task1/}
 BIN=${BIN:-target/release/prompt2lora}
 set_name=$1
 case "$set_name" in
@@ -49,3 +51,9 @@ ablate() {
 ablate no-filter "$out/samples.jsonl"
 ablate no-confidence-cut "$out/clean-nocut.jsonl"
 for rank in 4 8 32 sweep; do ablate "rank-$rank" "$out/clean.jsonl" --rank "$rank"; done
+# The swept student against the teacher on the same messages (the teacher's labels are reused).
+mkdir -p "$out/eval-teacher-sweep"
+cp "$out/eval-teacher/teacher_labels.jsonl" "$out/eval-teacher-sweep/"
+"$BIN" eval "$out/ablation/rank-sweep" --data "$out/test-teacher.jsonl" --task "$task" --teacher \
+  --out "$out/eval-teacher-sweep" >/dev/null
+python3 bench/proof/summary.py "$set_name" "${pool[@]}"

@@ -44,7 +44,6 @@ def main():
     funnel = load(out / "filter_report.json")
     summary = load(out / "adapter/train_summary.json")
     full = load(out / "eval-full/metrics.json")
-    paired = load(out / "eval-teacher/metrics.json")
 
     right = lambda rows: sum(truth.get(r["text"]) == r["intent"] for r in rows) / len(rows)
     label_minutes = minutes(samples)
@@ -65,10 +64,15 @@ def main():
     print("|---|---:|---:|---:|---:|---:|")
     f1, acc = scores(full["student"])
     print(f"| all {full['test_set']['messages']} | {f1:.3f} | {acc:.3f} | | | |")
-    f1, acc = scores(paired["student"])
-    tf1, tacc = scores(paired["teacher"]["metrics"])
-    print(f"| {paired['test_set']['messages']} (stratified sample, both scored) | {f1:.3f} | "
-          f"{acc:.3f} | {tf1:.3f} | {tacc:.3f} | {f1 - tf1:+.3f} |")
+    # eval-teacher: the main student; eval-teacher-NAME: the student of ablation NAME, scored on
+    # the same messages against the same (cached) teacher labels.
+    for path in sorted(out.glob("eval-teacher*/metrics.json")):
+        paired = load(path)
+        which = path.parent.name.removeprefix("eval-teacher").lstrip("-") or "main"
+        f1, acc = scores(paired["student"])
+        tf1, tacc = scores(paired["teacher"]["metrics"])
+        print(f"| {paired['test_set']['messages']} (stratified sample, both scored; student: "
+              f"{which}) | {f1:.3f} | {acc:.3f} | {tf1:.3f} | {tacc:.3f} | {f1 - tf1:+.3f} |")
     print()
     print("| ablation (student on all test messages) | training samples | rank | macro-F1 | accuracy |")
     print("|---|---:|---:|---:|---:|")

@@ -210,6 +210,9 @@ pub struct TrainSettings {
     pub validation_fraction: f64,
     /// Epochs without a better validation macro-F1 before stopping. Default 3.
     pub patience: usize,
+    /// Fewest updates a run makes: a small data set gets more epochs than `epochs`, and early
+    /// stopping waits until then. Default 100.
+    pub min_steps: usize,
     /// Default 42.
     pub seed: u64,
     /// Steps between checkpoints. Default 50.
@@ -242,6 +245,7 @@ impl Default for TrainSettings {
             max_length: 64,
             validation_fraction: 0.1,
             patience: 3,
+            min_steps: 100,
             seed: 42,
             save_steps: 50,
             keep_checkpoints: 3,

@@ -256,6 +256,17 @@ fn train_inner(task: &Task, samples: &[Sample], options: TrainOptions<'_>) -> Re
         fingerprint,
         rank: decision.rank,
     };
+    let epochs = run_epochs(s, train_set.len());
+    if epochs > s.epochs {
+        observer.message(&format!(
+            "{epochs} epochs instead of {}: {} training examples make {} updates per epoch, and a \
+             run makes at least train.min_steps = {}",
+            s.epochs,
+            train_set.len(),
+            train_set.len().div_ceil(s.batch_size),
+            s.min_steps
+        ));
+    }
     let run = Run {
         student: &student,
         params: &params,
@@ -264,7 +275,7 @@ fn train_inner(task: &Task, samples: &[Sample], options: TrainOptions<'_>) -> Re
         classes: labels.len(),
         pad_id: text.pad_id(),
         settings: s,
-        epochs: s.epochs,
+        epochs,
         checkpoints: Some(&plan),
         stop: options.stop,
     };
@@ -398,7 +409,8 @@ fn sweep(
             "rank `sweep` needs a validation split: set train.validation_fraction above 0".into(),
         ));
     }
-    let epochs = s.epochs.div_ceil(4).clamp(1, 2);
+    // A quarter of the full run, so that small data sets get their minimum of updates too.
+    let epochs = run_epochs(s, train.len()).div_ceil(4).max(1);
     let mut results = Vec::new();
     for rank in rank::SWEEP_RANKS {
         observer.message(&format!(
@@ -588,7 +600,8 @@ impl Run<'_> {
                     );
                 } else {
                     state.stale_epochs += 1;
-                    if s.patience > 0 && state.stale_epochs >= s.patience {
+                    let patience_over = s.patience > 0 && state.stale_epochs >= s.patience;
+                    if patience_over && state.step >= s.min_steps {
                         tracing::info!(
                             "early stop: no better validation macro-F1 for {} epochs",
                             s.patience
@@ -727,6 +740,14 @@ fn weighted_cross_entropy(logits: &Tensor, labels: &[u32], weights: &[f32]) -> R
     Ok(((picked * weights)?.sum_all()? * (-1.0 / total as f64))?)
 }
 
+/// Epochs of a full run: `train.epochs`, or more where that would make fewer than
+/// `train.min_steps` updates. Few updates leave a student at the majority class however good
+/// the data, which early stopping on a flat start would then keep.
+fn run_epochs(s: &TrainSettings, train_examples: usize) -> usize {
+    let per_epoch = train_examples.div_ceil(s.batch_size).max(1);
+    s.epochs.max(s.min_steps.div_ceil(per_epoch))
+}
+
 /// A digest of everything that shapes the trained weights, so that a checkpoint never resumes a
 /// different training.
 fn fingerprint(s: &TrainSettings, student: &str, labels: &[String], samples: &[Sample]) -> String {
@@ -736,7 +757,8 @@ fn fingerprint(s: &TrainSettings, student: &str, labels: &[String], samples: &[S
         "dropout": s.dropout, "targets": s.targets, "epochs": s.epochs, "batch_size": s.batch_size,
         "learning_rate": s.learning_rate, "weight_decay": s.weight_decay, "warmup": s.warmup,
         "max_grad_norm": s.max_grad_norm, "max_length": s.max_length,
-        "validation_fraction": s.validation_fraction, "patience": s.patience, "seed": s.seed,
+        "validation_fraction": s.validation_fraction, "patience": s.patience,
+        "min_steps": s.min_steps, "seed": s.seed,
         "class_weights": s.class_weights, "confidence_weighted": s.confidence_weighted,
         "labels": labels,
     });

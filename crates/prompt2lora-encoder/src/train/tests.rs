@@ -22,6 +22,7 @@ fn task(model: &Path, extra: &str) -> Task {
         ("max_length", "16".into()),
         ("validation_fraction", "0.2".into()),
         ("patience", "0".into()),
+        ("min_steps", "0".into()),
         ("save_steps", "0".into()),
     ]
     .into_iter()
@@ -80,6 +81,22 @@ fn run(
 
 fn tensors(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn small_data_sets_train_for_the_minimum_of_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(&dir.path().join("model"), TinySize::default(), 1).unwrap();
+    // 144 training examples in batches of 16 make 9 updates an epoch: one epoch becomes six
+    // (54 updates), and a patience of one epoch must not stop the run before then.
+    let task = task(
+        &dir.path().join("model"),
+        "epochs = 1\nmin_steps = 50\npatience = 1",
+    );
+    let summary = run(&task, &dir.path().join("adapter"), false, None, &mut Silent).unwrap();
+    assert_eq!(summary.train_examples, 144);
+    assert_eq!(summary.epochs_run, 6, "{summary:?}");
+    assert_eq!(summary.steps, 54);
 }
 
 #[test]
