@@ -219,7 +219,8 @@ pub struct TrainSettings {
     pub save_steps: usize,
     /// Checkpoints kept. Default 3.
     pub keep_checkpoints: usize,
-    /// Weigh the loss by inverse class frequency. Default false.
+    /// Weigh the loss by inverse class frequency, so that a teacher's favourite intent does not
+    /// drown the others. Default true.
     pub class_weights: bool,
     /// Weigh each sample's loss by its combined confidence. Default false.
     pub confidence_weighted: bool,
@@ -249,7 +250,7 @@ impl Default for TrainSettings {
             seed: 42,
             save_steps: 50,
             keep_checkpoints: 3,
-            class_weights: false,
+            class_weights: true,
             confidence_weighted: false,
             threads: 0,
         }

@@ -46,7 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .map(|l| format!("[[intents]]\nname = \"{l}\"\ndescription = \"{l}\"\n"))
         .collect();
     let source = format!(
-        "name = \"bench\"\nlanguage = \"en\"\n{intents}\n[train]\nstudent = \"{model}\"\nrank = \"{rank}\"\nepochs = {epochs}\nbatch_size = {batch}\nmax_length = {max_len}\nthreads = {threads}\nlearning_rate = 0.001\nvalidation_fraction = 0.1\npatience = 0\nsave_steps = 0\n"
+        "name = \"bench\"\nlanguage = \"en\"\n{intents}\n[train]\nstudent = \"{model}\"\nrank = \"{rank}\"\nepochs = {epochs}\nbatch_size = {batch}\nmax_length = {max_len}\nthreads = {threads}\nlearning_rate = 0.001\nvalidation_fraction = 0.1\npatience = 0\nmin_steps = 0\nclass_weights = false\nsave_steps = 0\n"
     );
     let task = Task::parse(&source, Path::new("bench.toml"))?;
     let options = TrainOptions {

@@ -258,12 +258,13 @@ fn train_inner(task: &Task, samples: &[Sample], options: TrainOptions<'_>) -> Re
     };
     let epochs = run_epochs(s, train_set.len());
     if epochs > s.epochs {
+        let per_epoch = train_set.len().div_ceil(s.batch_size);
         observer.message(&format!(
-            "{epochs} epochs instead of {}: {} training examples make {} updates per epoch, and a \
-             run makes at least train.min_steps = {}",
+            "{epochs} epochs instead of {}: {} training examples make {per_epoch} update{} per \
+             epoch, and a run makes at least train.min_steps = {}",
             s.epochs,
             train_set.len(),
-            train_set.len().div_ceil(s.batch_size),
+            if per_epoch == 1 { "" } else { "s" },
             s.min_steps
         ));
     }
