@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use prompt2lora_core::Task;
-use prompt2lora_encoder::fixtures::{TinySize, toy_samples, write_tiny_model};
+use prompt2lora_encoder::fixtures::{TOY_TASK, TinySize, toy_samples, write_tiny_model};
 use prompt2lora_encoder::train::{Silent, TrainOptions, train};
 
 const BIN: &str = env!("CARGO_BIN_EXE_prompt2lora");
@@ -20,18 +20,7 @@ fn adapter() -> &'static Path {
         write_tiny_model(&model, TinySize::default(), 7).unwrap();
         let source = format!(
             r#"
-name = "toy"
-language = "en"
-[[intents]]
-name = "weather"
-description = "Questions about the weather."
-[[intents]]
-name = "music"
-description = "Playing music."
-[[intents]]
-name = "booking"
-description = "Booking a table."
-[train]
+{TOY_TASK}[train]
 student = "{}"
 rank = "4"
 epochs = 4
@@ -169,21 +158,7 @@ fn label_map_of_the_task_file_maps_test_labels() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("test.jsonl");
     write_test_set(&data, &[("weather", "forecast_question")]);
-    let task = r#"
-name = "toy"
-language = "en"
-[[intents]]
-name = "weather"
-description = "Questions about the weather."
-[[intents]]
-name = "music"
-description = "Playing music."
-[[intents]]
-name = "booking"
-description = "Booking a table."
-[eval]
-label_map = { forecast_question = "weather" }
-"#;
+    let task = format!("{TOY_TASK}[eval]\nlabel_map = {{ forecast_question = \"weather\" }}\n");
     let task_path = dir.path().join("task.toml");
     fs_err::write(&task_path, task).unwrap();
     let out = dir.path().join("out");

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::extract::State;
-use prompt2lora_encoder::fixtures::{TOY_INTENTS, TinySize, write_tiny_model};
+use prompt2lora_encoder::fixtures::{TOY_INTENTS, TOY_TASK, TinySize, write_tiny_model};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -120,21 +120,7 @@ fn setup(dir: &Path, server: &Server) {
     write_tiny_model(&dir.join("model"), TinySize::default(), 1).unwrap();
     let model = dir.join("model").display().to_string();
     let task = format!(
-        r#"name = "toy"
-language = "en"
-
-[[intents]]
-name = "weather"
-description = "Questions about the weather."
-
-[[intents]]
-name = "music"
-description = "Playing music."
-
-[[intents]]
-name = "booking"
-description = "Booking a table."
-
+        r#"{TOY_TASK}
 [teacher]
 model = "mock-teacher"
 base_url = "http://{addr}/v1"

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
 use prompt2lora_core::Task;
-use prompt2lora_encoder::fixtures::{TinySize, toy_samples, write_tiny_model};
+use prompt2lora_encoder::fixtures::{TOY_TASK, TinySize, toy_samples, write_tiny_model};
 use prompt2lora_encoder::train::{Silent, TrainOptions, train};
 
 const BIN: &str = env!("CARGO_BIN_EXE_prompt2lora");
@@ -22,18 +22,7 @@ fn adapter() -> &'static Path {
         write_tiny_model(&model, TinySize::default(), 7).unwrap();
         let source = format!(
             r#"
-name = "toy"
-language = "en"
-[[intents]]
-name = "weather"
-description = "Questions about the weather."
-[[intents]]
-name = "music"
-description = "Playing music."
-[[intents]]
-name = "booking"
-description = "Booking a table."
-[train]
+{TOY_TASK}[train]
 student = "{}"
 rank = "4"
 epochs = 4

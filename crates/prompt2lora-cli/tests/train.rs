@@ -4,26 +4,12 @@
 use std::path::Path;
 use std::process::Command;
 
-use prompt2lora_encoder::fixtures::{TinySize, toy_samples, write_tiny_model};
+use prompt2lora_encoder::fixtures::{TOY_TASK, TinySize, toy_samples, write_tiny_model};
 
 fn setup(dir: &Path) {
     write_tiny_model(&dir.join("model"), TinySize::default(), 1).unwrap();
     let task = format!(
-        r#"name = "toy"
-language = "en"
-
-[[intents]]
-name = "weather"
-description = "Questions about the weather."
-
-[[intents]]
-name = "music"
-description = "Playing music."
-
-[[intents]]
-name = "booking"
-description = "Booking a table."
-
+        r#"{TOY_TASK}
 [train]
 student = "{}"
 batch_size = 16

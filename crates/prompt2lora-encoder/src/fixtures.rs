@@ -16,6 +16,21 @@ use tokenizers::processors::template::TemplateProcessing;
 use crate::model::NormalSampler;
 use crate::{Error, Result};
 
+/// The head of the toy task's file: its name, language and the intents of [`TOY_INTENTS`].
+/// Tests append their own `[teacher]`, `[filter]` or `[train]` sections.
+pub const TOY_TASK: &str = r#"name = "toy"
+language = "en"
+[[intents]]
+name = "weather"
+description = "Questions about the weather."
+[[intents]]
+name = "music"
+description = "Playing music."
+[[intents]]
+name = "booking"
+description = "Booking a table."
+"#;
+
 /// Intents of the toy task and the words that mark them.
 pub const TOY_INTENTS: [(&str, &[&str]); 3] = [
     (

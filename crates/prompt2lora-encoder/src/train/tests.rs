@@ -10,7 +10,7 @@ use prompt2lora_core::{Classifier, Task};
 use super::log::StepRecord;
 use super::{Observer, Silent, TrainOptions, TrainSummary, train};
 use crate::AdapterClassifier;
-use crate::fixtures::{TinySize, toy_samples, write_tiny_model};
+use crate::fixtures::{TOY_TASK, TinySize, toy_samples, write_tiny_model};
 
 fn task(model: &Path, extra: &str) -> Task {
     let mut train: Vec<(String, String)> = [
@@ -37,21 +37,7 @@ fn task(model: &Path, extra: &str) -> Task {
     let train: String = train.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
     let source = format!(
         r#"
-name = "toy"
-language = "en"
-
-[[intents]]
-name = "weather"
-description = "Questions about the weather."
-
-[[intents]]
-name = "music"
-description = "Playing music."
-
-[[intents]]
-name = "booking"
-description = "Booking a table."
-
+{TOY_TASK}
 [train]
 {train}
 "#
