@@ -8,6 +8,8 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+mod common;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -65,20 +67,11 @@ impl Server {
     }
 
     fn with(mock: Mock) -> Server {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
         let mock = Arc::new(mock);
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
         let app = axum::Router::new()
             .route("/v1/chat/completions", axum::routing::post(handle))
             .with_state(mock.clone());
-        runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let (addr, runtime) = common::serve(app);
         Server {
             addr,
             mock,

@@ -9,6 +9,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
+mod common;
+
 use axum::Json;
 use axum::extract::State;
 use prompt2lora_encoder::fixtures::{TOY_INTENTS, TOY_TASK, TinySize, write_tiny_model};
@@ -95,20 +97,11 @@ struct Server {
 }
 
 fn start() -> Server {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
     let teacher = Arc::new(Teacher::default());
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
     let app = axum::Router::new()
         .route("/v1/chat/completions", axum::routing::post(handle))
         .with_state(teacher.clone());
-    runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (addr, runtime) = common::serve(app);
     Server {
         addr,
         teacher,
