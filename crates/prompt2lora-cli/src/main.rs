@@ -47,6 +47,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    prompt2lora_encoder::quiet_candle_workers();
     let cli = Cli::parse();
     logging::init(&cli.global);
     match run(cli) {

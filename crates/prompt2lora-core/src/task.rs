@@ -88,6 +88,12 @@ pub struct TeacherSettings {
     /// endpoint reports log-probabilities), `both`, or `auto`: `score` where the teacher can,
     /// otherwise `json`. Default `auto`.
     pub label_method: String,
+    /// Divide scored labels by the teacher's prior over the intents, measured once on
+    /// content-free messages ("N/A", empty, "[MASK]"): contextual calibration, which removes
+    /// the teacher's bias toward intents it favours whatever the message (a catch-all, short
+    /// names). Applies where labels are scored (`label_method` `score`, `both`, or `auto` on a
+    /// teacher that scores answers). Default true.
+    pub calibrate: bool,
     /// Few-shot examples shown in each generation request, picked for diversity from the seed
     /// examples and the samples accepted so far. Default 4.
     pub few_shot: usize,
@@ -114,6 +120,7 @@ impl Default for TeacherSettings {
             budget_usd: None,
             threads: 0,
             label_method: "auto".into(),
+            calibrate: true,
             few_shot: 4,
         }
     }

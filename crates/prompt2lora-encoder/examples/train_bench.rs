@@ -12,6 +12,7 @@ use prompt2lora_encoder::AdapterClassifier;
 use prompt2lora_encoder::train::{Silent, TrainOptions, data, train};
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    prompt2lora_encoder::quiet_candle_workers();
     let a: Vec<String> = std::env::args().skip(1).collect();
     let [
         model,

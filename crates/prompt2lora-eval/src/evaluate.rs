@@ -375,14 +375,16 @@ pub fn write_outputs(
 pub struct TeacherCache {
     path: PathBuf,
     model: String,
+    prompt: String,
     labels: HashMap<String, Sample>,
     writer: Option<JsonlWriter>,
 }
 
 impl TeacherCache {
-    /// Reads what `path` already holds for `model`. A torn last line (a killed run) is
-    /// skipped with a warning and relabelled.
-    pub fn open(path: &Path, model: &str) -> Result<TeacherCache, EvalError> {
+    /// Reads what `path` already holds for `model` with the labelling prompt `prompt` (its
+    /// provenance id). A torn last line (a killed run) is skipped with a warning and
+    /// relabelled.
+    pub fn open(path: &Path, model: &str, prompt: &str) -> Result<TeacherCache, EvalError> {
         let read = |source| EvalError::Read {
             path: path.to_path_buf(),
             source,
@@ -395,7 +397,10 @@ impl TeacherCache {
                     tracing::warn!("skipping cached teacher label: {error}");
                 }
                 for sample in report.records {
-                    if sample.provenance.teacher.as_deref() == Some(model) {
+                    let provenance = &sample.provenance;
+                    if provenance.teacher.as_deref() == Some(model)
+                        && provenance.prompt.as_deref() == Some(prompt)
+                    {
                         labels.insert(sample.id.clone(), sample);
                     } else {
                         other_models += 1;
@@ -407,13 +412,15 @@ impl TeacherCache {
         }
         if other_models > 0 {
             tracing::info!(
-                "{other_models} cached teacher labels in {} are from another model; ignoring them",
+                "{other_models} cached teacher labels in {} are from another model or prompt; \
+                 ignoring them",
                 path.display()
             );
         }
         Ok(TeacherCache {
             path: path.to_path_buf(),
             model: model.to_string(),
+            prompt: prompt.to_string(),
             labels,
             writer: None,
         })
@@ -448,6 +455,7 @@ impl TeacherCache {
     /// Records a label, appending it to the file at once.
     pub fn insert(&mut self, mut sample: Sample) -> Result<(), EvalError> {
         sample.provenance.teacher = Some(self.model.clone());
+        sample.provenance.prompt = Some(self.prompt.clone());
         let write = |source| EvalError::Write {
             path: self.path.clone(),
             source,
@@ -640,7 +648,7 @@ label_map = { refund_request = "refund" }
         assert_eq!(student.predicted, vec![0, 1, 0]);
 
         let cache_path = dir.path().join(files::TEACHER_LABELS);
-        let mut cache = TeacherCache::open(&cache_path, "teacher-a").unwrap();
+        let mut cache = TeacherCache::open(&cache_path, "teacher-a", "p1").unwrap();
         assert_eq!(cache.missing(&test.texts).len(), 3);
         for (text, intent, p) in [
             ("money back please", "refund", 0.9),
@@ -651,13 +659,14 @@ label_map = { refund_request = "refund" }
             cache.insert(s).unwrap();
         }
         drop(cache);
-        // A new run finds the two labels and asks only for the third; another teacher none.
-        let mut cache = TeacherCache::open(&cache_path, "teacher-a").unwrap();
+        // A new run finds the two labels and asks only for the third; another teacher or
+        // another labelling prompt finds none.
+        let mut cache = TeacherCache::open(&cache_path, "teacher-a", "p1").unwrap();
         assert_eq!(cache.missing(&test.texts), vec!["nice weather"]);
-        assert_eq!(
-            TeacherCache::open(&cache_path, "teacher-b").unwrap().len(),
-            0
-        );
+        for (model, prompt) in [("teacher-b", "p1"), ("teacher-a", "p2")] {
+            let other = TeacherCache::open(&cache_path, model, prompt).unwrap();
+            assert_eq!(other.len(), 0);
+        }
         let mut s = Sample::new("nice weather", "other");
         s.label_logprob = Some(0.7);
         cache.insert(s).unwrap();

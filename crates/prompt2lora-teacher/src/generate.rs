@@ -186,7 +186,23 @@ pub async fn generate(
         Some(path) => Ledger::load(path)?,
         None => Ledger::default(),
     };
+    // Calibration needs the teacher's prior before the first label.
+    let mut options = options.clone();
+    let prior_started = Instant::now();
+    let prior_usage = options.label.prepare(teacher.as_ref(), task).await?;
+    let prior_seconds = prior_started.elapsed().as_secs_f64();
+    let options = &options;
     let run = Run::new(task, teacher, options, out, existing, messages, earlier)?;
+    if prior_usage.prompt_tokens > 0 {
+        let model = run.teacher.model_id().to_string();
+        run.lock().ledger.record(
+            &model,
+            crate::label::PRIOR_REQUESTS,
+            prior_usage,
+            prior_seconds,
+            options.price,
+        );
+    }
     let first = run.lock().progress();
     progress(first);
 
@@ -490,7 +506,7 @@ impl<'a> Run<'a> {
             options,
             names,
             generate_hash: prompts::generate_prompt_hash(),
-            label_hash: prompts::label_prompt_hash(),
+            label_hash: options.label.prompt_id(),
             ledger_path: options.ledger_path.clone(),
             state: Arc::new(Mutex::new(state)),
             wake: Notify::new(),

@@ -49,6 +49,11 @@ pub struct LabelOptions {
     /// Alternatives per token asked for with log-probabilities.
     pub top_logprobs: usize,
     pub seed: Option<u64>,
+    /// Divide scored labels by the teacher's prior over the intents (contextual calibration;
+    /// see [`content_free_prior`]). [`LabelOptions::prepare`] measures the prior.
+    pub calibrate: bool,
+    /// The prior once measured; `None` leaves the scores as they are.
+    pub prior: Option<Vec<f64>>,
 }
 
 impl Default for LabelOptions {
@@ -59,6 +64,8 @@ impl Default for LabelOptions {
             vote_temperature: 0.7,
             top_logprobs: 20,
             seed: None,
+            calibrate: true,
+            prior: None,
         }
     }
 }
@@ -69,8 +76,48 @@ impl LabelOptions {
         Ok(LabelOptions {
             method: task.teacher.label_method.parse()?,
             self_consistency: task.teacher.self_consistency,
+            calibrate: task.teacher.calibrate,
             ..LabelOptions::default()
         })
+    }
+
+    /// Whether labels are calibrated: scored (not JSON) labels with `calibrate` on.
+    pub fn calibrated(&self) -> bool {
+        self.calibrate && self.method != LabelMethod::Json
+    }
+
+    /// Measures what labelling needs before the first message: the teacher's prior, when
+    /// labels are calibrated and the teacher scores answers. Returns the tokens it used.
+    pub async fn prepare(
+        &mut self,
+        teacher: &dyn Teacher,
+        task: &Task,
+    ) -> Result<Usage, TeacherError> {
+        if !self.calibrated() || self.prior.is_some() {
+            return Ok(Usage::default());
+        }
+        match content_free_prior(teacher, task).await {
+            Ok((prior, usage)) => {
+                let top = prior
+                    .iter()
+                    .zip(task.intent_names())
+                    .max_by(|a, b| a.0.total_cmp(b.0))
+                    .map(|(p, name)| format!("{name} {p:.3}"))
+                    .unwrap_or_default();
+                tracing::info!("teacher prior measured for calibration (most favoured: {top})");
+                self.prior = Some(prior);
+                Ok(usage)
+            }
+            // A teacher that cannot score labels by JSON, where there is nothing to calibrate.
+            Err(TeacherError::Unsupported(_)) => Ok(Usage::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The provenance id of labels made with these options: the prompt's hash, calibration
+    /// included, so that cached labels of other settings are not reused.
+    pub fn prompt_id(&self) -> String {
+        prompts::label_prompt_hash(self.calibrated())
     }
 }
 
@@ -114,8 +161,8 @@ pub async fn label_text(
             by_name = false;
             label_by_json(teacher, task, text, options).await?
         }
-        LabelMethod::Score => label_by_score(teacher, task, text).await?,
-        LabelMethod::Auto => match label_by_score(teacher, task, text).await {
+        LabelMethod::Score => label_by_score(teacher, task, text, options).await?,
+        LabelMethod::Auto => match label_by_score(teacher, task, text, options).await {
             Err(LabelError::Teacher(TeacherError::Unsupported(_))) => {
                 by_name = false;
                 label_by_json(teacher, task, text, options).await?
@@ -123,7 +170,7 @@ pub async fn label_text(
             other => other?,
         },
         LabelMethod::Both => {
-            let mut scored = label_by_score(teacher, task, text).await?;
+            let mut scored = label_by_score(teacher, task, text, options).await?;
             let told = label_by_json(teacher, task, text, options).await?;
             // The verbalised confidence is about the intent the teacher wrote; it only backs
             // the scored intent when the two agree.
@@ -155,11 +202,12 @@ async fn label_by_score(
     teacher: &dyn Teacher,
     task: &Task,
     text: &str,
+    options: &LabelOptions,
 ) -> Result<Label, LabelError> {
     let names = task.intent_names();
     let messages = prompts::label_name_messages(task, text);
     let ChoiceScores { logprobs, usage } = teacher.score_choices(&messages, &names).await?;
-    let probs = softmax(&logprobs);
+    let probs = calibrated(&logprobs, options.prior.as_deref());
     let best = (0..names.len())
         .max_by(|&a, &b| probs[a].total_cmp(&probs[b]))
         .expect("two intents or more");
@@ -277,6 +325,52 @@ async fn vote(
         }
     });
     futures::future::join_all(requests).await
+}
+
+/// Messages that say nothing: how a teacher scores the intents for them is its prior, the
+/// bias it brings to every message (short or common names, the catch-all).
+const CONTENT_FREE: [&str; 3] = ["N/A", "", "[MASK]"];
+
+/// Requests [`content_free_prior`] makes.
+pub const PRIOR_REQUESTS: u64 = CONTENT_FREE.len() as u64;
+
+/// The teacher's prior over the task's intents: the mean of the intent probabilities it gives
+/// to content-free messages, as in contextual calibration ("Calibrate Before Use", Zhao et al.,
+/// 2021). Dividing each scored label's probabilities by it, then normalising, removes a bias
+/// toward names the teacher prefers whatever the message says. Returns the usage of the
+/// scoring requests with it; fails with [`TeacherError::Unsupported`] where the teacher cannot
+/// score answers.
+pub async fn content_free_prior(
+    teacher: &dyn Teacher,
+    task: &Task,
+) -> Result<(Vec<f64>, Usage), TeacherError> {
+    let names = task.intent_names();
+    let mut prior = vec![0.0; names.len()];
+    let mut usage = Usage::default();
+    for text in CONTENT_FREE {
+        let messages = prompts::label_name_messages(task, text);
+        let scores = teacher.score_choices(&messages, &names).await?;
+        usage += scores.usage;
+        for (p, q) in prior.iter_mut().zip(softmax(&scores.logprobs)) {
+            *p += q / CONTENT_FREE.len() as f64;
+        }
+    }
+    Ok((prior, usage))
+}
+
+/// Probabilities from scored log-probabilities, divided by `prior` when there is one.
+pub fn calibrated(logprobs: &[f64], prior: Option<&[f64]>) -> Vec<f64> {
+    match prior {
+        Some(prior) if prior.len() == logprobs.len() => {
+            let adjusted: Vec<f64> = logprobs
+                .iter()
+                .zip(prior)
+                .map(|(lp, p)| lp - p.max(1e-12).ln())
+                .collect();
+            softmax(&adjusted)
+        }
+        _ => softmax(logprobs),
+    }
 }
 
 /// Normalised probabilities from log-probabilities.
@@ -582,6 +676,106 @@ description = "Anything else."
         );
         assert!((label.label_logprob.unwrap() - 0.6).abs() < 1e-12);
         assert_eq!(label.requests, 2);
+    }
+
+    /// Favours `other` whatever the message; for the one real message, `shipping` stands out
+    /// only against that bias.
+    struct Biased;
+
+    #[async_trait::async_trait]
+    impl Teacher for Biased {
+        fn model_id(&self) -> &str {
+            "biased"
+        }
+
+        async fn chat(
+            &self,
+            _: &ChatRequest,
+        ) -> Result<prompt2lora_core::ChatResponse, TeacherError> {
+            Err(TeacherError::Fatal("scores only".into()))
+        }
+
+        async fn score_choices(
+            &self,
+            messages: &[ChatMessage],
+            choices: &[String],
+        ) -> Result<ChoiceScores, TeacherError> {
+            let real = messages.iter().any(|m| m.content.contains("where is it"));
+            let probability = |choice: &str| -> f64 {
+                match (real, choice) {
+                    (true, "other") => 0.5,
+                    (true, "shipping") => 0.4,
+                    (false, "other") => 0.8,
+                    _ => 0.1,
+                }
+            };
+            Ok(ChoiceScores {
+                logprobs: choices.iter().map(|c| probability(c).ln()).collect(),
+                usage: Usage {
+                    prompt_tokens: 30,
+                    completion_tokens: 0,
+                },
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn calibration_divides_by_the_content_free_prior() {
+        let (prior, usage) = content_free_prior(&Biased, &task()).await.unwrap();
+        // Intents in task order: refund, shipping, other.
+        for (p, expected) in prior.iter().zip([0.1, 0.1, 0.8]) {
+            assert!((p - expected).abs() < 1e-12, "{prior:?}");
+        }
+        assert_eq!(usage.prompt_tokens, 30 * PRIOR_REQUESTS);
+
+        let raw = LabelOptions {
+            calibrate: false,
+            ..LabelOptions::default()
+        };
+        let label = label_text(&Biased, &task(), "where is it", &raw)
+            .await
+            .unwrap();
+        assert_eq!(label.intent, "other");
+
+        let mut calibrated = LabelOptions::default();
+        assert!(calibrated.calibrated());
+        assert_ne!(calibrated.prompt_id(), raw.prompt_id());
+        let usage = calibrated.prepare(&Biased, &task()).await.unwrap();
+        assert_eq!(usage.prompt_tokens, 30 * PRIOR_REQUESTS);
+        let label = label_text(&Biased, &task(), "where is it", &calibrated)
+            .await
+            .unwrap();
+        assert_eq!(label.intent, "shipping");
+        // 0.4/0.1 against 0.1/0.1 and 0.5/0.8.
+        let expected = 4.0 / (4.0 + 1.0 + 0.625);
+        assert!((label.label_logprob.unwrap() - expected).abs() < 1e-9);
+        // Prepared once: a second call measures nothing.
+        let again = calibrated.prepare(&Biased, &task()).await.unwrap();
+        assert_eq!(again.prompt_tokens, 0);
+    }
+
+    /// A teacher without answer scoring, like most HTTP endpoints.
+    struct JsonOnly;
+
+    #[async_trait::async_trait]
+    impl Teacher for JsonOnly {
+        fn model_id(&self) -> &str {
+            "json-only"
+        }
+
+        async fn chat(
+            &self,
+            _: &ChatRequest,
+        ) -> Result<prompt2lora_core::ChatResponse, TeacherError> {
+            Err(TeacherError::Fatal("not needed here".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn teachers_that_cannot_score_are_not_calibrated() {
+        let mut options = LabelOptions::default();
+        let usage = options.prepare(&JsonOnly, &task()).await.unwrap();
+        assert_eq!((usage.prompt_tokens, options.prior.is_none()), (0, true));
     }
 
     #[test]

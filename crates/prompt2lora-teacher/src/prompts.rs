@@ -134,9 +134,11 @@ pub fn generate_prompt_hash() -> String {
     template_hash(&["generate-v1", GENERATE_SYSTEM, GENERATE_RULES])
 }
 
-/// Provenance hash of the labelling prompt template.
-pub fn label_prompt_hash() -> String {
-    template_hash(&["label-v1", LABEL_SYSTEM, LABEL_RULES])
+/// Provenance hash of the labelling prompt template, with or without calibration of the
+/// scores by the teacher's prior.
+pub fn label_prompt_hash(calibrated: bool) -> String {
+    let calibration = if calibrated { "calibrated" } else { "raw" };
+    template_hash(&["label-v1", LABEL_SYSTEM, LABEL_RULES, calibration])
 }
 
 /// One draw of the variation axes, as a line of the generation prompt.
@@ -494,6 +496,7 @@ description = "其他问题"
         let label = &label_json_messages(&t, "我要退货")[1].content;
         assert!(label.contains("one of [\"退货\", \"其他\"]") && label.contains("`其他`"));
         assert_eq!(label_schema(&t)["properties"]["intent"]["enum"][1], "其他");
-        assert_ne!(generate_prompt_hash(), label_prompt_hash());
+        assert_ne!(generate_prompt_hash(), label_prompt_hash(false));
+        assert_ne!(label_prompt_hash(true), label_prompt_hash(false));
     }
 }

@@ -185,7 +185,13 @@ fn score_teacher(
         .clone()
         .or_else(|| task.teacher.base_url.clone())
         .or(env_url);
-    let mut cache = TeacherCache::open(&out.join(files::TEACHER_LABELS), &task.teacher.model)?;
+    let mut options = LabelOptions::from_task(&task)
+        .map_err(|e| UserError::new(format!("task file: teacher.{e}")))?;
+    let mut cache = TeacherCache::open(
+        &out.join(files::TEACHER_LABELS),
+        &task.teacher.model,
+        &options.prompt_id(),
+    )?;
     let missing = cache.missing(&test.texts);
     tracing::info!(
         "teacher: {} of {} messages cached",
@@ -194,15 +200,13 @@ fn score_teacher(
     );
     if !missing.is_empty() {
         let teacher = build_teacher(&task, endpoint.as_deref())?;
-        let options = LabelOptions::from_task(&task)
-            .map_err(|e| UserError::new(format!("task file: teacher.{e}")))?;
         let price = teacher_price(&task, endpoint.is_none());
         let ledger = out.join("ledger.json");
         label_missing(
             teacher.as_ref(),
             &task,
             &missing,
-            &options,
+            &mut options,
             &mut cache,
             global,
             |requests, usage, seconds| {
@@ -256,7 +260,7 @@ fn label_missing(
     teacher: &dyn Teacher,
     task: &Task,
     missing: &[&str],
-    options: &LabelOptions,
+    options: &mut LabelOptions,
     cache: &mut TeacherCache,
     global: &GlobalArgs,
     book: impl FnOnce(u64, prompt2lora_core::Usage, f64),
@@ -270,6 +274,15 @@ fn label_missing(
     let mut usage = prompt2lora_core::Usage::default();
     let mut requests = 0u64;
     let outcome: anyhow::Result<()> = runtime.block_on(async {
+        let prior_usage = options
+            .prepare(teacher, task)
+            .await
+            .context("measuring the teacher's prior for calibration")?;
+        if prior_usage.prompt_tokens > 0 {
+            usage += prior_usage;
+            requests += prompt2lora_teacher::label::PRIOR_REQUESTS;
+        }
+        let options = &*options;
         let mut labels = futures::stream::iter(missing.iter().copied())
             .map(|text| async move {
                 (
