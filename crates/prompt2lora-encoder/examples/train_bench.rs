@@ -11,6 +11,9 @@ use prompt2lora_core::{Classifier, Task};
 use prompt2lora_encoder::AdapterClassifier;
 use prompt2lora_encoder::train::{Silent, TrainOptions, data, train};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     prompt2lora_encoder::quiet_candle_workers();
     let a: Vec<String> = std::env::args().skip(1).collect();
