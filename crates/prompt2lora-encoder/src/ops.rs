@@ -69,6 +69,16 @@ impl Dense {
 
     /// `x W^T + b` for `rows` rows of `x`.
     fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        if kernels::use_few_rows(rows) {
+            return kernels::linear_few_rows(
+                x,
+                rows,
+                &self.weight,
+                self.out_dim,
+                self.in_dim,
+                self.bias.as_deref().map(Vec::as_slice),
+            );
+        }
         let mut out = vec![0f32; rows * self.out_dim];
         if let Some(bias) = &self.bias {
             for row in out.chunks_mut(self.out_dim) {
