@@ -296,7 +296,7 @@ impl Embedder for ClusterEmbedder {
 }
 
 #[test]
-fn approximate_search_finds_the_same_duplicates_as_exact_search() {
+fn approximate_search_finds_nearly_all_duplicates_of_exact_search() {
     let samples: Vec<Sample> = (0..300)
         .map(|i| sample(&format!("c{} i{}", i / 10, i), "other", Some(0.9)))
         .collect();
@@ -315,7 +315,17 @@ fn approximate_search_finds_the_same_duplicates_as_exact_search() {
             .collect::<Vec<_>>()
     };
     assert_eq!(removed(&exact).len(), 270);
-    assert_eq!(removed(&exact), removed(&approximate));
+    // HNSW is approximate, and its parallel insertion is not deterministic: on these clusters of
+    // near-identical vectors it has been seen to miss one duplicate. What it removes
+    // must be a duplicate the exact search removes too, and it must miss almost none.
+    let exact_ids: std::collections::HashSet<String> = removed(&exact).into_iter().collect();
+    let found = removed(&approximate);
+    assert!(found.iter().all(|id| exact_ids.contains(id)));
+    assert!(
+        found.len() >= 267,
+        "approximate search found {} of 270",
+        found.len()
+    );
     // Every cluster keeps its first item.
     let kept: Vec<&str> = exact.kept.iter().map(|s| s.text.as_str()).collect();
     assert_eq!(kept[..2], ["c0 i0", "c1 i10"]);
