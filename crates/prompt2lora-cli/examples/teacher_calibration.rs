@@ -34,20 +34,23 @@ fn main() -> anyhow::Result<()> {
     )?;
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
 
-    let done: HashSet<String> = match fs_err::File::open(out) {
+    let earlier: Vec<serde_json::Value> = match fs_err::File::open(out) {
         Ok(file) => std::io::BufReader::new(file)
             .lines()
             .map_while(Result::ok)
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
-            .filter_map(|v| v.get("text")?.as_str().map(str::to_string))
+            .filter_map(|l| serde_json::from_str(&l).ok())
             .collect(),
-        Err(_) => HashSet::new(),
+        Err(_) => Vec::new(),
     };
+    let done: HashSet<String> = earlier
+        .iter()
+        .filter_map(|v| v.get("text")?.as_str().map(str::to_string))
+        .collect();
     let mut writer = fs_err::OpenOptions::new()
         .create(true)
         .append(true)
         .open(out)?;
-    if done.is_empty() {
+    if !earlier.iter().any(|v| v.get("prior").is_some()) {
         let started = std::time::Instant::now();
         let (prior, _) = runtime.block_on(label::content_free_prior(&teacher, &task))?;
         let line = serde_json::json!({ "intents": task.intent_names(), "prior": prior });
