@@ -4,7 +4,9 @@ Hugging Face transformers.
 
 Measures, like bench/predict.sh does for prompt2lora:
 - throughput: messages/s over all messages in batches of --batch-size (tokenise, forward,
-  softmax), after a warm-up batch;
+  softmax), after a warm-up batch; with --sort-window N, every N messages are first sorted by
+  token count and then cut into batches (what `prompt2lora predict --sort-window` does), so
+  both engines can be compared with and without that step;
 - single-message latency: p50/p99 over --latency-messages messages sent one at a time.
 
 Prints one JSON object. Also checks that the predictions agree with prompt2lora's
@@ -56,7 +58,8 @@ def main():
     parser.add_argument("merged", type=Path)
     parser.add_argument("messages", type=Path, help="one message per line")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--latency-messages", type=int, default=300)
+    parser.add_argument("--sort-window", type=int, default=0, help="0: batches in input order")
+    parser.add_argument("--latency-messages", type=int, default=300, help="0: skip")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--compare", type=Path, help="prompt2lora predict output for the same messages")
     args = parser.parse_args()
@@ -65,14 +68,26 @@ def main():
     meta, model, head, tokenizer = load(args.merged)
     pooling = str(meta.get("pooling", "mean")).lower()
     texts = [line.rstrip("\n") for line in args.messages.open() if line.strip()]
+    unpadded = Tokenizer.from_file(str(args.merged / "tokenizer.json"))
+    unpadded.no_padding()
+    unpadded.enable_truncation(meta.get("max_length", 64))
 
     # Throughput, after one warm-up batch.
     classify(model, head, tokenizer, texts[: args.batch_size], pooling)
-    predicted = []
+    predicted = [None] * len(texts)
+    window = args.sort_window if args.sort_window > 0 else args.batch_size
     started = time.perf_counter()
-    for i in range(0, len(texts), args.batch_size):
-        probs = classify(model, head, tokenizer, texts[i : i + args.batch_size], pooling)
-        predicted.extend(probs.argmax(-1).tolist())
+    for start in range(0, len(texts), window):
+        order = list(range(start, min(start + window, len(texts))))
+        if args.sort_window > 0:
+            # Token counts, as the sort key; this tokenisation is part of the measured time.
+            lengths = [len(e.ids) for e in unpadded.encode_batch([texts[i] for i in order])]
+            order = [i for _, i in sorted(zip(lengths, order))]
+        for b in range(0, len(order), args.batch_size):
+            batch = order[b : b + args.batch_size]
+            probs = classify(model, head, tokenizer, [texts[i] for i in batch], pooling)
+            for i, p in zip(batch, probs.argmax(-1).tolist()):
+                predicted[i] = p
     seconds = time.perf_counter() - started
 
     # Single-message latency.
@@ -88,10 +103,12 @@ def main():
         "threads": args.threads,
         "messages": len(texts),
         "batch_size": args.batch_size,
+        "sort_window": args.sort_window,
         "messages_per_second": len(texts) / seconds,
-        "latency_ms_p50": statistics.median(latencies),
-        "latency_ms_p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
     }
+    if latencies:
+        result["latency_ms_p50"] = statistics.median(latencies)
+        result["latency_ms_p99"] = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
     if args.compare:
         labels = meta["labels"]
         theirs = [json.loads(line)["intent"] for line in args.compare.open() if line.strip()]

@@ -10,7 +10,7 @@ use crate::adapter;
 use crate::model::{Student, rows};
 use crate::tokenize::TextEncoder;
 
-/// Messages per forward pass.
+/// Messages per forward pass, unless set with [`AdapterClassifier::with_batch_size`].
 const BATCH_SIZE: usize = 32;
 
 /// An adapter folder (or merged export) loaded for classification.
@@ -19,6 +19,7 @@ pub struct AdapterClassifier {
     text: TextEncoder,
     labels: Vec<String>,
     base_model: String,
+    batch_size: usize,
 }
 
 impl AdapterClassifier {
@@ -31,7 +32,15 @@ impl AdapterClassifier {
             text,
             labels: loaded.meta.labels,
             base_model: loaded.meta.base_model,
+            batch_size: BATCH_SIZE,
         })
+    }
+
+    /// Sets how many messages go through the model in one forward pass (at least 1). A call
+    /// with more texts sorts them by length and cuts them into batches of this size.
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
     }
 
     /// The base model's id, for reports.
@@ -39,11 +48,12 @@ impl AdapterClassifier {
         &self.base_model
     }
 
-    /// Logits of each text, in the order of `texts`.
+    /// Logits of each text, in the order of `texts`. The texts go through the model in
+    /// batches packed without padding.
     pub fn logits(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let mut out = vec![Vec::new(); texts.len()];
-        for (indices, batch) in self.text.sorted_batches(texts, BATCH_SIZE)? {
-            let logits = rows(&self.student.forward(&batch, None, None)?)?;
+        for (indices, packed) in self.text.sorted_packs(texts, self.batch_size)? {
+            let logits = rows(&self.student.forward_packed(&packed)?)?;
             for (i, row) in indices.into_iter().zip(logits) {
                 out[i] = row;
             }

@@ -48,9 +48,9 @@ impl SentenceEmbedder {
     /// Unit-length embeddings, in the order of `texts`.
     pub fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let mut out = vec![Vec::new(); texts.len()];
-        for (indices, batch) in self.text.sorted_batches(texts, BATCH_SIZE)? {
-            let hidden = self.encoder.forward(&batch, None, None)?;
-            let mut vectors = rows(&self.pooling.pool(&hidden, &batch)?)?;
+        for (indices, packed) in self.text.sorted_packs(texts, BATCH_SIZE)? {
+            let hidden = self.encoder.forward_packed(&packed)?;
+            let mut vectors = rows(&self.pooling.pool_packed(&hidden, &packed)?)?;
             normalize_rows(&mut vectors);
             for (i, v) in indices.into_iter().zip(vectors) {
                 out[i] = v;

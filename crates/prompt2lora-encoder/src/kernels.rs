@@ -331,9 +331,10 @@ pub(crate) fn linear_few_rows(
 /// crate offers branch-free f32 versions, so these are the textbook ones (Cephes' `expf`
 /// range reduction and polynomial; Abramowitz and Stegun 7.1.26 for `erf`; the test below
 /// holds both under 5e-7 in f32, relative for `exp`, absolute for `erf`, over [-80, 80]),
-/// inlined into loops compiled twice: for the baseline
-/// target and, chosen at run time, for AVX2. Plain multiply-adds, not `mul_add`, which is a
-/// library call where the target has no FMA.
+/// inlined into loops compiled three times: for the baseline target and, chosen at run time,
+/// for AVX2 and for AVX-512. Each lane sums in the same order in every version, so all three
+/// give the same bits. Plain multiply-adds, not `mul_add`, which is a library call where the
+/// target has no FMA.
 mod vector {
     const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
     const INV_SQRT_2PI: f32 = 0.398_942_3;
@@ -426,23 +427,36 @@ mod vector {
         }
     }
 
-    /// Defines `$name`, which runs `$body` compiled for AVX2 when the CPU has it and for the
-    /// baseline target otherwise.
+    /// Defines `$name`, which runs `$body` compiled for AVX-512 or AVX2 when the CPU has them
+    /// and for the baseline target otherwise.
     macro_rules! dispatch {
-        ($name:ident, $fast:ident, ($($arg:ident: $ty:ty),*), $body:ident) => {
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2")]
-            fn $fast($($arg: $ty),*) {
-                $body($($arg),*)
-            }
-
+        ($name:ident, ($($arg:ident: $ty:ty),*), $body:ident) => {
             pub(super) fn $name($($arg: $ty),*) {
                 #[cfg(target_arch = "x86_64")]
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    #[expect(unsafe_code, reason = "calling a function compiled for AVX2")]
-                    // SAFETY: the CPU was just checked to have AVX2.
-                    unsafe {
-                        return $fast($($arg),*);
+                {
+                    #[target_feature(enable = "avx512f")]
+                    fn wide($($arg: $ty),*) {
+                        $body($($arg),*)
+                    }
+                    #[target_feature(enable = "avx2,fma")]
+                    fn narrow($($arg: $ty),*) {
+                        $body($($arg),*)
+                    }
+                    if std::arch::is_x86_feature_detected!("avx512f") {
+                        #[expect(unsafe_code, reason = "calling a function compiled for AVX-512")]
+                        // SAFETY: the CPU was just checked to have AVX-512F.
+                        unsafe {
+                            return wide($($arg),*);
+                        }
+                    }
+                    if std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                    {
+                        #[expect(unsafe_code, reason = "calling a function compiled for AVX2")]
+                        // SAFETY: the CPU was just checked to have AVX2 and FMA.
+                        unsafe {
+                            return narrow($($arg),*);
+                        }
                     }
                 }
                 $body($($arg),*)
@@ -450,17 +464,15 @@ mod vector {
         };
     }
 
-    dispatch!(gelu, gelu_avx2, (out: &mut [f32], x: &[f32]), gelu_loop);
+    dispatch!(gelu, (out: &mut [f32], x: &[f32]), gelu_loop);
     dispatch!(
         gelu_backward,
-        gelu_backward_avx2,
         (out: &mut [f32], x: &[f32], grad: &[f32]),
         gelu_backward_loop
     );
-    dispatch!(exp_shifted, exp_shifted_avx2, (xs: &mut [f32], shift: f32), exp_shifted_loop);
+    dispatch!(exp_shifted, (xs: &mut [f32], shift: f32), exp_shifted_loop);
     dispatch!(
         dots,
-        dots_avx2,
         (out: &mut [f32], w: &[f32], x: &[f32], width: usize),
         dots_loop
     );
@@ -491,9 +503,15 @@ mod vector {
             let (mut a, mut b) = (vec![0f32; 1000], vec![0f32; 1000]);
             super::gelu(&mut a, &x);
             super::gelu_loop(&mut b, &x);
-            for (a, b) in a.iter().zip(&b) {
-                assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0));
-            }
+            assert_eq!(a, b);
+            // 7 weight rows and 3 input rows of width 100 (not a multiple of the lanes).
+            let w: Vec<f32> = (0..700)
+                .map(|i| ((i * 37) % 101) as f32 * 0.01 - 0.5)
+                .collect();
+            let (mut a, mut b) = (vec![0f32; 21], vec![0f32; 21]);
+            super::dots(&mut a, &w, &x[..300], 100);
+            super::dots_loop(&mut b, &w, &x[..300], 100);
+            assert_eq!(a, b);
         }
     }
 }

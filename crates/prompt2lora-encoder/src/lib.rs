@@ -12,6 +12,7 @@
 pub mod adapter;
 pub mod base;
 pub mod classifier;
+mod denormals;
 pub mod embedder;
 pub mod fixtures;
 mod kernels;
@@ -22,6 +23,7 @@ pub mod tokenize;
 pub mod train;
 
 pub use classifier::AdapterClassifier;
+pub use denormals::flush_denormals;
 pub use embedder::SentenceEmbedder;
 
 /// Errors of the encoder crate.

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::ops::{AddLayerNorm, Attention, Dense, Dropout, FrozenLinear, Gelu, LoraLinear};
+use crate::ops::{
+    AddLayerNorm, Attention, Dense, Dropout, FrozenLinear, Gelu, LoraLinear, PackedAttention,
+};
 use crate::{Error, Result, kernels};
 
 /// The fields of a Hugging Face `config.json` that a BERT encoder needs.
@@ -321,26 +323,32 @@ impl Layer {
         ]
     }
 
-    fn forward(
-        &self,
-        xs: &Tensor,
-        batch: &Batch,
-        mask: &Arc<Vec<f32>>,
-        mode: &Mode,
-        layer: u64,
-    ) -> Result<Tensor> {
+    fn forward(&self, xs: &Tensor, rows: &Rows, mode: &Mode, layer: u64) -> Result<Tensor> {
         let seed = |site: u64| kernels::derive_seed(mode.seed, layer * 16 + site);
         let q = self.query.forward(xs, mode.lora_dropout, seed(0))?;
         let k = self.key.forward(xs, mode.lora_dropout, seed(1))?;
         let v = self.value.forward(xs, mode.lora_dropout, seed(2))?;
-        let attention = Attention {
-            seq: batch.seq,
-            heads: mode.heads,
-            mask: mask.clone(),
-            dropout: mode.attention_dropout,
-            seed: seed(3),
+        let context = match rows {
+            Rows::Padded { seq, mask } => q.apply_op3(
+                &k,
+                &v,
+                Attention {
+                    seq: *seq,
+                    heads: mode.heads,
+                    mask: mask.clone(),
+                    dropout: mode.attention_dropout,
+                    seed: seed(3),
+                },
+            )?,
+            Rows::Packed(offsets) => q.apply_op3(
+                &k,
+                &v,
+                PackedAttention {
+                    offsets: offsets.clone(),
+                    heads: mode.heads,
+                },
+            )?,
         };
-        let context = q.apply_op3(&k, &v, attention)?;
         let attended = self
             .attention_output
             .forward(&context, mode.lora_dropout, seed(4))?;
@@ -411,6 +419,57 @@ impl Batch {
             seq,
         }
     }
+}
+
+/// Token ids of several sequences laid end to end, with no padding, for inference: rows
+/// `offsets[i]..offsets[i + 1]` are sequence `i`.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    pub ids: Vec<u32>,
+    pub offsets: Arc<Vec<usize>>,
+}
+
+impl Packed {
+    pub fn new(sequences: &[&[u32]]) -> Self {
+        let mut ids = Vec::with_capacity(sequences.iter().map(|s| s.len()).sum());
+        let mut offsets = Vec::with_capacity(sequences.len() + 1);
+        offsets.push(0);
+        for s in sequences {
+            ids.extend_from_slice(s);
+            offsets.push(ids.len());
+        }
+        Packed {
+            ids,
+            offsets: Arc::new(offsets),
+        }
+    }
+
+    /// Number of sequences.
+    pub fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Tokens in the longest sequence.
+    pub fn longest(&self) -> usize {
+        self.offsets
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// How the rows of a hidden-state matrix form sequences, for attention.
+enum Rows {
+    /// `[batch * seq]` rows, with an additive mask per key (0 for tokens, large negative for
+    /// padding).
+    Padded { seq: usize, mask: Arc<Vec<f32>> },
+    /// Sequences end to end, as in [`Packed`].
+    Packed(Arc<Vec<usize>>),
 }
 
 /// Dropout probabilities and the seed of their masks; all zero at inference.
@@ -491,6 +550,7 @@ impl Encoder {
         dropouts: Option<&Dropouts>,
         embedded: Option<Tensor>,
     ) -> Result<Tensor> {
+        crate::flush_denormals();
         let d = dropouts.copied().unwrap_or_default();
         let mode = Mode {
             hidden_dropout: d.hidden,
@@ -513,9 +573,57 @@ impl Encoder {
             .iter()
             .map(|&m| if m > 0.0 { 0.0 } else { -1e9 })
             .collect();
-        let mask = Arc::new(mask);
+        let rows = Rows::Padded {
+            seq: batch.seq,
+            mask: Arc::new(mask),
+        };
         for (i, layer) in self.layers.iter().enumerate() {
-            xs = layer.forward(&xs, batch, &mask, &mode, i as u64)?;
+            xs = layer.forward(&xs, &rows, &mode, i as u64)?;
+        }
+        Ok(xs)
+    }
+
+    /// Embedding output of packed sequences after LayerNorm: `[tokens, hidden]`. Positions
+    /// restart at 0 in each sequence.
+    pub fn embed_packed(&self, packed: &Packed) -> Result<Tensor> {
+        let longest = packed.longest();
+        if longest > self.config.max_position_embeddings {
+            return Err(Error::Model(format!(
+                "sequence of {longest} tokens is longer than the model's {} positions",
+                self.config.max_position_embeddings
+            )));
+        }
+        let tokens = packed.ids.len();
+        let ids = Tensor::from_slice(&packed.ids, tokens, &Device::Cpu)?;
+        let positions: Vec<u32> = packed
+            .offsets
+            .windows(2)
+            .flat_map(|w| 0..(w[1] - w[0]) as u32)
+            .collect();
+        let positions = Tensor::from_vec(positions, tokens, &Device::Cpu)?;
+        let xs = (self.word_embeddings.index_select(&ids, 0)?
+            + self.position_embeddings.index_select(&positions, 0)?)?
+        .broadcast_add(&self.token_type_embedding)?
+        .contiguous()?;
+        Ok(xs.apply_op1(self.embedding_norm.op())?)
+    }
+
+    /// Last hidden states of packed sequences, `[tokens, hidden]`, for inference: the same
+    /// values as [`Encoder::forward`] gives the real tokens of a padded batch, with no work
+    /// spent on padding. Not differentiable.
+    pub fn forward_packed(&self, packed: &Packed) -> Result<Tensor> {
+        crate::flush_denormals();
+        let mode = Mode {
+            hidden_dropout: 0.0,
+            attention_dropout: 0.0,
+            lora_dropout: 0.0,
+            seed: 0,
+            heads: self.config.num_attention_heads,
+        };
+        let mut xs = self.embed_packed(packed)?;
+        let rows = Rows::Packed(packed.offsets.clone());
+        for (i, layer) in self.layers.iter().enumerate() {
+            xs = layer.forward(&xs, &rows, &mode, i as u64)?;
         }
         Ok(xs)
     }
@@ -594,6 +702,30 @@ impl Pooling {
     }
 }
 
+impl Pooling {
+    /// `[sequences, hidden]` from the `[tokens, hidden]` states of packed sequences.
+    pub fn pool_packed(self, hidden: &Tensor, packed: &Packed) -> Result<Tensor> {
+        let size = hidden.dim(1)?;
+        let states = hidden.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; packed.len() * size];
+        for (row, w) in out.chunks_mut(size).zip(packed.offsets.windows(2)) {
+            let tokens = &states[w[0] * size..w[1] * size];
+            match self {
+                Pooling::Cls if !tokens.is_empty() => row.copy_from_slice(&tokens[..size]),
+                Pooling::Cls => {}
+                Pooling::Mean => {
+                    for token in tokens.chunks(size) {
+                        row.iter_mut().zip(token).for_each(|(r, t)| *r += t);
+                    }
+                    let count = (w[1] - w[0]).max(1) as f32;
+                    row.iter_mut().for_each(|r| *r /= count);
+                }
+            }
+        }
+        Ok(Tensor::from_vec(out, (packed.len(), size), &Device::Cpu)?)
+    }
+}
+
 /// L2-normalises rows of a `[batch, hidden]` matrix in place.
 pub(crate) fn normalize_rows(rows: &mut [Vec<f32>]) {
     for row in rows {
@@ -662,6 +794,15 @@ impl Student {
             (d.hidden, kernels::derive_seed(d.seed, u64::MAX - 1))
         });
         self.head.forward(&pooled, p, seed)
+    }
+}
+
+impl Student {
+    /// Logits `[sequences, labels]` of packed sequences, for inference.
+    pub fn forward_packed(&self, packed: &Packed) -> Result<Tensor> {
+        let hidden = self.encoder.forward_packed(packed)?;
+        let pooled = self.pooling.pool_packed(&hidden, packed)?;
+        self.head.forward(&pooled, 0.0, 0)
     }
 }
 

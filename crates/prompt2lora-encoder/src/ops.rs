@@ -536,6 +536,69 @@ impl CustomOp3 for Attention {
     }
 }
 
+/// Multi-head self-attention over packed sequences (laid end to end, no padding), for
+/// inference: each sequence attends to its own rows only, so no mask is needed and no work is
+/// spent on padding. Has no backward pass; training uses the padded [`Attention`].
+pub(crate) struct PackedAttention {
+    /// Rows `offsets[i]..offsets[i + 1]` are sequence `i`.
+    pub offsets: Arc<Vec<usize>>,
+    pub heads: usize,
+}
+
+impl CustomOp3 for PackedAttention {
+    fn name(&self) -> &'static str {
+        "packed-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (rows, hidden) = dims2(ql)?;
+        if self.offsets.last().copied() != Some(rows) {
+            candle_core::bail!(
+                "packed attention: offsets end at {:?}, not at {rows} rows",
+                self.offsets.last()
+            );
+        }
+        let (q, k, v) = (slice(qs, ql)?, slice(ks, kl)?, slice(vs, vl)?);
+        let dh = hidden / self.heads;
+        let scale = 1.0 / (dh as f32).sqrt();
+        let mut out = vec![0f32; rows * hidden];
+        let mut chunks = Vec::with_capacity(self.offsets.len().saturating_sub(1));
+        let mut rest = out.as_mut_slice();
+        for w in self.offsets.windows(2) {
+            let (chunk, tail) = rest.split_at_mut((w[1] - w[0]) * hidden);
+            chunks.push((w[0], chunk));
+            rest = tail;
+        }
+        chunks.into_par_iter().for_each(|(start, chunk)| {
+            let seq = chunk.len() / hidden;
+            if seq == 0 {
+                return;
+            }
+            let base = start * hidden;
+            let mut probs = vec![0f32; seq * seq];
+            for h in 0..self.heads {
+                let qm = MatRef::block(&q[base..], seq, h * dh, dh, hidden);
+                let km = MatRef::block(&k[base..], seq, h * dh, dh, hidden);
+                kernels::matmul(&mut probs, seq, qm, km.t(), false, scale, false);
+                probs.chunks_mut(seq).for_each(kernels::softmax_row);
+                let vm = MatRef::block(&v[base..], seq, h * dh, dh, hidden);
+                let pm = MatRef::new(&probs, seq, seq);
+                kernels::matmul(&mut chunk[h * dh..], hidden, pm, vm, false, 1.0, false);
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((rows, hidden))))
+    }
+}
+
 impl Attention {
     fn backward(
         &self,

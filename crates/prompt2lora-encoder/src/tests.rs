@@ -7,7 +7,7 @@ use rand::SeedableRng;
 use crate::base::BaseModel;
 use crate::fixtures::{TinySize, write_tiny_model};
 use crate::lora::{LoraSpec, attach, lora_vars};
-use crate::model::{Batch, Dropouts, Head, Pooling, Student, Weights};
+use crate::model::{Batch, Dropouts, Head, Packed, Pooling, Student, Weights};
 
 fn tiny(dir: &std::path::Path, size: TinySize) -> BaseModel {
     write_tiny_model(dir, size, 7).unwrap();
@@ -195,6 +195,37 @@ fn lora_forward_equals_merged_forward() {
     let merged = student.forward(&batch, None, None).unwrap();
     let diff = max_diff(&with_lora, &merged);
     assert!(diff < 1e-5, "largest difference {diff}");
+}
+
+#[test]
+fn packed_forward_equals_padded_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny(dir.path(), TinySize::default());
+    let mut student = student(&base, &["all-linear"], 4);
+    randomize_b(&student, 2);
+    let ids = base.text_encoder(32).unwrap().encode(&TEXTS).unwrap();
+    let seqs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+    let padded = Batch::pad(&seqs, 0);
+    let packed = Packed::new(&seqs);
+    assert!(padded.mask.contains(&0.0), "the batch must contain padding");
+    assert_eq!(packed.ids.len(), ids.iter().map(Vec::len).sum::<usize>());
+
+    // Hidden states: the packed rows are the padded batch's real rows.
+    let hidden = student.encoder.forward(&padded, None, None).unwrap();
+    let hidden_packed = student.encoder.forward_packed(&packed).unwrap();
+    for (i, w) in packed.offsets.windows(2).enumerate() {
+        let real = hidden.narrow(0, i * padded.seq, w[1] - w[0]).unwrap();
+        let ours = hidden_packed.narrow(0, w[0], w[1] - w[0]).unwrap();
+        let diff = max_diff(&real, &ours);
+        assert!(diff < 1e-5, "sequence {i}: largest difference {diff}");
+    }
+    for pooling in [Pooling::Mean, Pooling::Cls] {
+        student.pooling = pooling;
+        let logits = student.forward(&padded, None, None).unwrap();
+        let packed_logits = student.forward_packed(&packed).unwrap();
+        let diff = max_diff(&logits, &packed_logits);
+        assert!(diff < 1e-5, "{pooling:?}: largest difference {diff}");
+    }
 }
 
 /// Mean cross-entropy of the logits against fixed labels.

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use tokenizers::{Tokenizer, TruncationParams};
 
-use crate::model::Batch;
+use crate::model::Packed;
 use crate::{Error, Result};
 
 /// A Hugging Face `tokenizer.json` set up for the encoder.
@@ -60,13 +60,14 @@ impl TextEncoder {
             .collect())
     }
 
-    /// Batches of at most `batch_size` texts, grouped by length so that little padding is
-    /// needed; each batch comes with the indices of its texts.
-    pub fn sorted_batches(
+    /// Groups of at most `batch_size` texts, packed end to end without padding (for
+    /// inference), sorted by length so that the groups carry similar work; each group comes
+    /// with the indices of its texts.
+    pub fn sorted_packs(
         &self,
         texts: &[&str],
         batch_size: usize,
-    ) -> Result<Vec<(Vec<usize>, Batch)>> {
+    ) -> Result<Vec<(Vec<usize>, Packed)>> {
         let ids = self.encode(texts)?;
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| ids[i].len());
@@ -74,7 +75,7 @@ impl TextEncoder {
             .chunks(batch_size.max(1))
             .map(|chunk| {
                 let seqs: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
-                (chunk.to_vec(), Batch::pad(&seqs, self.pad_id))
+                (chunk.to_vec(), Packed::new(&seqs))
             })
             .collect())
     }

@@ -1,7 +1,9 @@
 //! The predict stage: classifies messages read from a file or stdin (plain lines or JSONL) and
 //! writes one JSONL record per message, in input order. A reader thread parses ahead while the
-//! classifier works; each batch takes what has arrived, up to the batch size, so a large file
-//! runs in full batches and a message typed on a terminal is answered at once.
+//! classifier works; each classifier call takes what has arrived, up to a window of several
+//! batches, so a large file runs in full windows (which the classifier sorts by length before
+//! cutting them into batches, to pad little) and a message typed on a terminal is answered at
+//! once.
 
 use std::io::{BufRead, Write};
 use std::sync::mpsc;
@@ -24,20 +26,24 @@ pub enum InputFormat {
 
 #[derive(Debug, Clone)]
 pub struct PredictOptions {
-    /// Messages classified in one call. Default 32.
-    pub batch_size: usize,
+    /// Most messages classified in one call. The classifier sorts them by length and cuts them
+    /// into forward passes of its own batch size, so a window of several batches pads less
+    /// than one batch taken in input order. Only messages that have already arrived are taken
+    /// (see `max_wait`), so a larger window adds no latency. Default 256.
+    pub window: usize,
     /// Intents reported per message: the best and `top_k - 1` alternatives. Default 3.
     pub top_k: usize,
     pub format: InputFormat,
-    /// How long a partly filled batch waits for more input before it runs. Default 0: a batch
-    /// takes what has arrived, which fills it from files and adds no latency on a terminal.
+    /// How long a partly filled window waits for more input before it runs. Default 0: a
+    /// window takes what has arrived, which fills it from files and adds no latency on a
+    /// terminal.
     pub max_wait: Duration,
 }
 
 impl Default for PredictOptions {
     fn default() -> Self {
         PredictOptions {
-            batch_size: 32,
+            window: 256,
             top_k: 3,
             format: InputFormat::Auto,
             max_wait: Duration::ZERO,
@@ -101,7 +107,8 @@ pub struct BadLine {
 #[derive(Debug, Clone, Default)]
 pub struct PredictSummary {
     pub messages: usize,
-    pub batches: usize,
+    /// Classifier calls (windows).
+    pub calls: usize,
     /// Time spent in the classifier.
     pub classify_time: Duration,
     pub bad_lines: Vec<BadLine>,
@@ -113,7 +120,7 @@ pub enum PredictError {
     Read(#[source] std::io::Error),
     #[error("cannot write the output")]
     Write(#[source] std::io::Error),
-    #[error("the classifier failed on the batch starting at input line {line}")]
+    #[error("the classifier failed on the messages starting at input line {line}")]
     Classifier {
         line: usize,
         #[source]
@@ -134,7 +141,7 @@ enum Item {
 }
 
 /// Classifies every message of `input` and writes one [`OutputRecord`] per message to
-/// `output`, flushing after each batch. Bad lines are skipped, logged and returned in the
+/// `output`, flushing after each classifier call. Bad lines are skipped, logged and returned in the
 /// summary; `source` names the input in those logs.
 ///
 /// The input is read on its own thread, which is left to end by itself if the classifier or
@@ -146,16 +153,16 @@ pub fn predict_stream(
     source: &str,
     options: &PredictOptions,
 ) -> Result<PredictSummary, PredictError> {
-    let (sender, receiver) = mpsc::sync_channel(options.batch_size.max(1) * 4);
+    let (sender, receiver) = mpsc::sync_channel(options.window.max(1) * 2);
     let format = options.format;
     std::thread::Builder::new()
         .name("predict-reader".into())
         .spawn(move || read_messages(input, format, &sender))
         .map_err(PredictError::Read)?;
-    run_batches(classifier, receiver, output, source, options)
+    run_windows(classifier, receiver, output, source, options)
 }
 
-fn run_batches(
+fn run_windows(
     classifier: &dyn Classifier,
     receiver: mpsc::Receiver<Item>,
     mut output: impl Write,
@@ -163,13 +170,13 @@ fn run_batches(
     options: &PredictOptions,
 ) -> Result<PredictSummary, PredictError> {
     let mut summary = PredictSummary::default();
-    let mut batch = Vec::with_capacity(options.batch_size.max(1));
+    let mut batch = Vec::with_capacity(options.window.max(1));
     let mut buffer = Vec::new();
     loop {
-        // Collect a batch: block for its first message, then take what arrives in time.
+        // Collect a window: block for its first message, then take what arrives in time.
         let mut ended = false;
         let mut deadline = None;
-        while batch.len() < options.batch_size.max(1) {
+        while batch.len() < options.window.max(1) {
             let item = match deadline {
                 None => receiver
                     .recv()
@@ -194,7 +201,7 @@ fn run_batches(
             }
         }
         if !batch.is_empty() {
-            write_batch(
+            write_window(
                 classifier,
                 &mut batch,
                 &mut buffer,
@@ -209,7 +216,7 @@ fn run_batches(
     }
 }
 
-fn write_batch(
+fn write_window(
     classifier: &dyn Classifier,
     batch: &mut Vec<Message>,
     buffer: &mut Vec<u8>,
@@ -238,7 +245,7 @@ fn write_batch(
         buffer.push(b'\n');
         summary.messages += 1;
     }
-    summary.batches += 1;
+    summary.calls += 1;
     output
         .write_all(buffer)
         .and_then(|()| output.flush())
@@ -369,17 +376,18 @@ mod tests {
     }
 
     #[test]
-    fn plain_lines_in_full_batches_and_order() {
+    fn plain_lines_in_full_windows_and_order() {
         let input: String = (0..70)
             .map(|i| format!("message number {i}\nhi\n"))
             .collect();
         let options = PredictOptions {
-            batch_size: 32,
+            window: 32,
             max_wait: Duration::from_secs(5),
             ..Default::default()
         };
         let (records, summary, batches) = run(&input, &options);
         assert_eq!(summary.messages, 140);
+        assert_eq!(summary.calls, 5);
         assert_eq!(batches, vec![32, 32, 32, 32, 12]);
         assert_eq!(records[0].text, "message number 0");
         assert_eq!(records[0].prediction.intent, "long");
@@ -393,6 +401,20 @@ mod tests {
         assert_eq!(records[1].line, 2);
         assert_eq!(records[1].prediction.intent, "short");
         assert_eq!(records[139].line, 140);
+    }
+
+    #[test]
+    fn default_window_takes_several_batches_in_one_call() {
+        let input: String = (0..300).map(|i| format!("message {i}\n")).collect();
+        let options = PredictOptions {
+            max_wait: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let (records, summary, calls) = run(&input, &options);
+        assert_eq!(calls, vec![256, 44]);
+        assert_eq!(summary.calls, 2);
+        let lines: Vec<usize> = records.iter().map(|r| r.line).collect();
+        assert_eq!(lines, (1..=300).collect::<Vec<_>>());
     }
 
     #[test]

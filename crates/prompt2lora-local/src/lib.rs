@@ -79,9 +79,8 @@ impl From<LocalError> for TeacherError {
 /// Settings of the local teacher.
 #[derive(Debug, Clone)]
 pub struct LocalOptions {
-    /// Compute threads; 0 means one per core. The default, 1, was fastest on a shared 2-core
-    /// machine. Candle's thread pool is process-wide and is sized once, by the first teacher
-    /// loaded.
+    /// Compute threads; 0 (the default) means one per core. Candle's thread pool is
+    /// process-wide and is sized once, by the first teacher loaded.
     pub threads: usize,
     /// Seed of the sampler for requests that carry no seed of their own.
     pub seed: u64,

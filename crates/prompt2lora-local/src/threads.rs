@@ -3,11 +3,10 @@
 
 use std::sync::OnceLock;
 
-/// Threads used when the settings say nothing. On the shared 2-core machine where the
-/// benchmarks ran, one thread beat two in every measure (prompt, generation at batch 1 to 8,
-/// choice scoring): see `bench/results/local-teacher.md`. A dedicated machine with more cores
-/// should set `threads` (0 takes them all).
-pub const DEFAULT_THREADS: usize = 1;
+/// Threads used when the settings say nothing: one per core. On a quiet 2-core machine two
+/// threads read prompts 1.8x and generate 1.8x as fast as one (`bench/results/local-teacher.md`);
+/// on a machine shared with other jobs, fewer threads than cores can be faster.
+pub const DEFAULT_THREADS: usize = 0;
 
 static CONFIGURED: OnceLock<usize> = OnceLock::new();
 

@@ -193,7 +193,7 @@ pub async fn generate(
     let prior_seconds = prior_started.elapsed().as_secs_f64();
     let options = &options;
     let run = Run::new(task, teacher, options, out, existing, messages, earlier)?;
-    if prior_usage.prompt_tokens > 0 {
+    if let Some(prior_usage) = prior_usage {
         let model = run.teacher.model_id().to_string();
         run.lock().ledger.record(
             &model,

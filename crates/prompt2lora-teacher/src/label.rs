@@ -87,14 +87,15 @@ impl LabelOptions {
     }
 
     /// Measures what labelling needs before the first message: the teacher's prior, when
-    /// labels are calibrated and the teacher scores answers. Returns the tokens it used.
+    /// labels are calibrated and the teacher scores answers. Returns the tokens of its
+    /// [`PRIOR_REQUESTS`] requests, or `None` when nothing was measured.
     pub async fn prepare(
         &mut self,
         teacher: &dyn Teacher,
         task: &Task,
-    ) -> Result<Usage, TeacherError> {
+    ) -> Result<Option<Usage>, TeacherError> {
         if !self.calibrated() || self.prior.is_some() {
-            return Ok(Usage::default());
+            return Ok(None);
         }
         match content_free_prior(teacher, task).await {
             Ok((prior, usage)) => {
@@ -106,10 +107,10 @@ impl LabelOptions {
                     .unwrap_or_default();
                 tracing::info!("teacher prior measured for calibration (most favoured: {top})");
                 self.prior = Some(prior);
-                Ok(usage)
+                Ok(Some(usage))
             }
             // A teacher that cannot score labels by JSON, where there is nothing to calibrate.
-            Err(TeacherError::Unsupported(_)) => Ok(Usage::default()),
+            Err(TeacherError::Unsupported(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -740,7 +741,7 @@ description = "Anything else."
         let mut calibrated = LabelOptions::default();
         assert!(calibrated.calibrated());
         assert_ne!(calibrated.prompt_id(), raw.prompt_id());
-        let usage = calibrated.prepare(&Biased, &task()).await.unwrap();
+        let usage = calibrated.prepare(&Biased, &task()).await.unwrap().unwrap();
         assert_eq!(usage.prompt_tokens, 30 * PRIOR_REQUESTS);
         let label = label_text(&Biased, &task(), "where is it", &calibrated)
             .await
@@ -751,7 +752,7 @@ description = "Anything else."
         assert!((label.label_logprob.unwrap() - expected).abs() < 1e-9);
         // Prepared once: a second call measures nothing.
         let again = calibrated.prepare(&Biased, &task()).await.unwrap();
-        assert_eq!(again.prompt_tokens, 0);
+        assert_eq!(again, None);
     }
 
     /// A teacher without answer scoring, like most HTTP endpoints.
@@ -775,7 +776,7 @@ description = "Anything else."
     async fn teachers_that_cannot_score_are_not_calibrated() {
         let mut options = LabelOptions::default();
         let usage = options.prepare(&JsonOnly, &task()).await.unwrap();
-        assert_eq!((usage.prompt_tokens, options.prior.is_none()), (0, true));
+        assert_eq!((usage, options.prior.is_none()), (None, true));
     }
 
     #[test]

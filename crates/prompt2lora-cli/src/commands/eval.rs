@@ -278,7 +278,7 @@ fn label_missing(
             .prepare(teacher, task)
             .await
             .context("measuring the teacher's prior for calibration")?;
-        if prior_usage.prompt_tokens > 0 {
+        if let Some(prior_usage) = prior_usage {
             usage += prior_usage;
             requests += prompt2lora_teacher::label::PRIOR_REQUESTS;
         }

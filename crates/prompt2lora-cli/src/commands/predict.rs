@@ -28,6 +28,10 @@ pub struct Args {
     /// Messages per forward pass.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Messages read ahead and sorted by length together before they are cut into batches
+    /// (fewer padding tokens); only messages that have already arrived are taken.
+    #[arg(long, default_value_t = 256)]
+    pub sort_window: usize,
     /// Intents per message: the best and the next `top_k - 1`.
     #[arg(long, default_value_t = 3)]
     pub top_k: usize,
@@ -49,9 +53,10 @@ pub fn run(args: Args, _global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         return Err(UserError::new("--batch-size and --top-k must be at least 1").into());
     }
     let classifier = prompt2lora_encoder::AdapterClassifier::load(&args.adapter)
-        .with_context(|| format!("loading the adapter {}", args.adapter.display()))?;
+        .with_context(|| format!("loading the adapter {}", args.adapter.display()))?
+        .with_batch_size(args.batch_size);
     let options = PredictOptions {
-        batch_size: args.batch_size,
+        window: args.sort_window.max(args.batch_size),
         top_k: args.top_k,
         format: match args.format {
             Format::Auto => InputFormat::Auto,
@@ -85,11 +90,11 @@ pub fn run(args: Args, _global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("predicting {source}"))?;
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(
-        "{} messages in {seconds:.2} s ({:.0}/s; {:.0}/s in the model, {} batches)",
+        "{} messages in {seconds:.2} s ({:.0}/s; {:.0}/s in the model, {} calls)",
         summary.messages,
         summary.messages as f64 / seconds,
         summary.messages as f64 / summary.classify_time.as_secs_f64().max(1e-9),
-        summary.batches
+        summary.calls
     );
     if !summary.bad_lines.is_empty() {
         tracing::warn!(
