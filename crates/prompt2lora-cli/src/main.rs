@@ -53,7 +53,7 @@ enum Command {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    prompt2lora_encoder::quiet_candle_workers();
+    prompt2lora_core::cpu::quiet_candle_workers();
     let cli = Cli::parse();
     logging::init(&cli.global);
     match run(cli) {

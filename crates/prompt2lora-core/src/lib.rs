@@ -14,6 +14,7 @@
 //! This crate has no model code: stages depend on the [`Teacher`], [`Embedder`] and
 //! [`Classifier`] traits, and the binary plugs in the implementations.
 
+pub mod cpu;
 pub mod jsonl;
 pub mod models;
 pub mod sample;

@@ -15,7 +15,7 @@ use prompt2lora_encoder::train::{Silent, TrainOptions, data, train};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    prompt2lora_encoder::quiet_candle_workers();
+    prompt2lora_core::cpu::quiet_candle_workers();
     let a: Vec<String> = std::env::args().skip(1).collect();
     let [
         model,

@@ -12,7 +12,6 @@
 pub mod adapter;
 pub mod base;
 pub mod classifier;
-mod denormals;
 pub mod embedder;
 pub mod fixtures;
 mod kernels;
@@ -23,7 +22,6 @@ pub mod tokenize;
 pub mod train;
 
 pub use classifier::AdapterClassifier;
-pub use denormals::flush_denormals;
 pub use embedder::SentenceEmbedder;
 
 /// Errors of the encoder crate.
@@ -51,24 +49,3 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 #[cfg(test)]
 mod tests;
-
-/// Makes candle's idle CPU workers sleep at once instead of spinning, unless
-/// `CANDLE_BARRIER_POOL_SPIN_LIMIT` says otherwise. The encoder's own kernels run on rayon's
-/// pool; candle's workers spinning between its ops took cores from them: training ran 14%
-/// faster on 2 cores without the spin (bench/results/train.md). Call it first thing in `main`,
-/// before any thread starts; candle reads the variable when its pool first runs.
-pub fn quiet_candle_workers() {
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        set_no_spin();
-    }
-}
-
-#[expect(
-    unsafe_code,
-    reason = "candle configures its thread pool from the environment only"
-)]
-fn set_no_spin() {
-    // SAFETY: documented to be called at the start of `main`, before any other thread exists,
-    // so nothing reads or writes the environment concurrently.
-    unsafe { std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0") }
-}

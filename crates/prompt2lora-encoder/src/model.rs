@@ -550,7 +550,7 @@ impl Encoder {
         dropouts: Option<&Dropouts>,
         embedded: Option<Tensor>,
     ) -> Result<Tensor> {
-        crate::flush_denormals();
+        prompt2lora_core::cpu::flush_denormals();
         let d = dropouts.copied().unwrap_or_default();
         let mode = Mode {
             hidden_dropout: d.hidden,
@@ -612,7 +612,7 @@ impl Encoder {
     /// values as [`Encoder::forward`] gives the real tokens of a padded batch, with no work
     /// spent on padding. Not differentiable.
     pub fn forward_packed(&self, packed: &Packed) -> Result<Tensor> {
-        crate::flush_denormals();
+        prompt2lora_core::cpu::flush_denormals();
         let mode = Mode {
             hidden_dropout: 0.0,
             attention_dropout: 0.0,

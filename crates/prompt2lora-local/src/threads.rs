@@ -14,13 +14,13 @@ static CONFIGURED: OnceLock<usize> = OnceLock::new();
 /// instead of spinning. Only the first call has an effect; the environment wins.
 pub fn configure(threads: usize) {
     let first = *CONFIGURED.get_or_init(|| {
-        let unset = |name: &str| std::env::var_os(name).is_none();
-        let size = (threads > 0 && unset("CANDLE_NUM_THREADS")).then_some(threads);
+        if threads > 0 && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+            set_pool_size(threads);
+        }
         // Spinning workers fight the computing ones for cores on a shared machine: there,
         // 2 threads decoded 1.3x faster and scored choices 1.7x faster without spinning than
         // with candle's default spin (bench/results/local-teacher.md).
-        let no_spin = unset("CANDLE_BARRIER_POOL_SPIN_LIMIT");
-        set_pool_environment(size, no_spin);
+        prompt2lora_core::cpu::quiet_candle_workers();
         threads
     });
     if first != threads {
@@ -36,17 +36,12 @@ pub fn configure(threads: usize) {
     unsafe_code,
     reason = "candle sizes its thread pools from the environment only"
 )]
-fn set_pool_environment(threads: Option<usize>, no_spin: bool) {
+fn set_pool_size(threads: usize) {
     // SAFETY: runs once, before this crate starts any candle computation; the variables are
     // read by candle when its pools are first used. No other code of this crate touches the
     // environment concurrently.
     unsafe {
-        if let Some(threads) = threads {
-            std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
-            std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-        }
-        if no_spin {
-            std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
-        }
+        std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
 }
