@@ -4,7 +4,7 @@
 //! Frozen weights live inside the ops rather than being op arguments, so autograd never computes
 //! or stores a gradient for them; only the LoRA matrices, the activations and the head get one.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor,
@@ -47,6 +47,8 @@ pub(crate) struct Dense {
     pub in_dim: usize,
     /// The weight as a tensor, for the backward matmul.
     pub weight_tensor: Tensor,
+    /// The weight repacked for products with few rows, made on first use (inference).
+    panels: Arc<OnceLock<kernels::Panels>>,
 }
 
 impl Dense {
@@ -64,20 +66,17 @@ impl Dense {
             out_dim,
             in_dim,
             weight_tensor,
+            panels: Arc::default(),
         })
     }
 
     /// `x W^T + b` for `rows` rows of `x`.
     fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        if kernels::use_few_rows(rows) {
-            return kernels::linear_few_rows(
-                x,
-                rows,
-                &self.weight,
-                self.out_dim,
-                self.in_dim,
-                self.bias.as_deref().map(Vec::as_slice),
-            );
+        if rows <= kernels::FEW_ROWS {
+            let panels = self
+                .panels
+                .get_or_init(|| kernels::Panels::new(&self.weight, self.out_dim, self.in_dim));
+            return panels.linear(x, rows, self.bias.as_deref().map(Vec::as_slice));
         }
         let mut out = vec![0f32; rows * self.out_dim];
         if let Some(bias) = &self.bias {
