@@ -5,9 +5,10 @@
 # anything but the final scores.
 #
 # usage: bench/proof/run.sh snips|smp2017 [UNLABELLED] [TEACHER_TEST]
-#   UNLABELLED    messages to label (default 700 for snips, 500 for smp2017, seed 1)
-#   TEACHER_TEST  test messages the teacher also labels (default 210 / 200, seed 1); the student
-#                 is scored on the whole test split as well
+#   UNLABELLED    messages to label (default 1328 for snips, 500 for smp2017, seed 1)
+#   TEACHER_TEST  test messages the teacher also labels (default 700 for snips, its whole test
+#                 split; 200 for smp2017; seed 1); the student is scored on the whole test
+#                 split as well
 # DATA names the folder that holds snips/ and smp2017_ecdt_task1/ (each with train, test and,
 # for smp2017, validation JSONL); results go to bench/out/proof/<set>/; BIN names the prompt2lora
 # binary. bench/proof/summary.py prints the tables afterwards.
@@ -17,7 +18,7 @@ DATA=${DATA:?set DATA to the folder that holds snips/ and smp2017_ecdt_task1/}
 BIN=${BIN:-target/release/prompt2lora}
 set_name=$1
 case "$set_name" in
-  snips) task=examples/snips.toml; dir=$DATA/snips; pool=("$dir/train.jsonl"); n=${2:-700}; t=${3:-210} ;;
+  snips) task=examples/snips.toml; dir=$DATA/snips; pool=("$dir/train.jsonl"); n=${2:-1328}; t=${3:-700} ;;
   smp2017) task=examples/smp2017.toml; dir=$DATA/smp2017_ecdt_task1
     pool=("$dir/train.jsonl" "$dir/validation.jsonl"); n=${2:-500}; t=${3:-200} ;;
   *) echo "unknown set $set_name" >&2; exit 2 ;;
