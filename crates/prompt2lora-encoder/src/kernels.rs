@@ -1,5 +1,6 @@
-//! CPU kernels under the encoder's custom ops: a bounds-checked wrapper over `gemm`, the
-//! counter-based dropout mask, LayerNorm, softmax and GELU, forward and backward.
+//! CPU kernels under the encoder's custom ops: a bounds-checked wrapper over `gemm`, repacked
+//! weights for products with few rows ([`Panels`]), the counter-based dropout mask, LayerNorm,
+//! softmax and GELU, forward and backward.
 //!
 //! These are written by hand because candle 0.11's fused LayerNorm and softmax have no backward
 //! pass, its composite versions allocate a tensor per elementary step, and its matmul backward

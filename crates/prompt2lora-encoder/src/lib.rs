@@ -2,7 +2,7 @@
 //! samples and used for classification (eval, predict, serve) and for the filter's embeddings.
 //!
 //! - [`model`]: encoder, pooling and classification head, one implementation for all uses;
-//! - [`ops`] and `kernels`: fused operations with hand-written backward passes;
+//! - `ops` and `kernels`: fused operations with hand-written backward passes;
 //! - [`lora`]: adapter placement and initialisation;
 //! - [`train`]: the training loop, rank choice, checkpoints, logs;
 //! - [`adapter`]: the PEFT-layout adapter folder and merged export;
