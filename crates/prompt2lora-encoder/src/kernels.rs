@@ -371,7 +371,9 @@ impl Panels {
 /// inlined into loops compiled three times: for the baseline target and, chosen at run time,
 /// for AVX2 and for AVX-512. Each lane sums in the same order in every version, so all three
 /// give the same bits. Plain multiply-adds, not `mul_add`, which is a library call where the
-/// target has no FMA.
+/// target has no FMA. The panel kernel is the exception: it is built on `mul_add`, one
+/// instruction in the AVX2 and AVX-512 versions and a (slow but exact) library call in the
+/// baseline one, which x86-64 CPUs from the last decade never run.
 mod vector {
     const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
     const INV_SQRT_2PI: f32 = 0.398_942_3;
@@ -436,7 +438,9 @@ mod vector {
     /// `out[r * PANEL + j] = sum_k xt[k * R + r] * panel[k * PANEL + j]` for the `R` rows of one
     /// block. The accumulators (`R` times `PANEL` floats) stay in vector registers when `R`
     /// suits the target ([`panel_rows`]); `mul_add` keeps one rounding per step, so every
-    /// target gives the same bits.
+    /// target gives the same bits for the same block size. Blocks of one or two rows sum in
+    /// another order ([`panel_block_split`]), so a row's last bits depend on the block it
+    /// falls in: on how many rows the call has, and on the target's block size.
     #[inline(always)]
     fn panel_block<const R: usize>(out: &mut [f32], xt: &[f32], panel: &[f32]) {
         let mut acc = [[0f32; super::PANEL]; R];
